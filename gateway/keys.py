@@ -1,0 +1,109 @@
+"""Every Redis key and channel name, in one place.
+
+Cluster layout: all matching, presence, moderation and audit state lives in
+one hash slot (tag ``{ctl}``) so that the matcher's scripts can touch it
+atomically; each conversation's log lives in its own slot (tag ``{c:ID}``),
+so message traffic spreads over the cluster.  A script only ever touches
+keys of one tag.  Pub/sub channels are not keys and carry no tag.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "at"
+
+    # ---- control plane: one slot -------------------------------------------------
+    @property
+    def ctl(self) -> str:
+        """Common stem of every control-plane key; scripts build names from it."""
+        return f"{self.prefix}:{{ctl}}:"
+
+    def survivor(self, uid: str) -> str:          # hash: profile, capacity, counters
+        return f"{self.ctl}sv:{uid}"
+
+    def request(self, uid: str) -> str:           # hash: a patient's talk-now request
+        return f"{self.ctl}rq:{uid}"
+
+    def offer(self, offer_id: str) -> str:        # hash: a pending offer
+        return f"{self.ctl}of:{offer_id}"
+
+    @property
+    def queue(self) -> str:                       # zset patient -> enqueue time (oldest first)
+        return f"{self.ctl}queue"
+
+    @property
+    def offer_deadlines(self) -> str:             # zset offer id -> expiry time
+        return f"{self.ctl}offer-deadlines"
+
+    @property
+    def presence(self) -> str:                    # zset "uid|conn" -> expiry time
+        return f"{self.ctl}presence"
+
+    def user_conns(self, uid: str) -> str:        # set of live connection ids of a user
+        return f"{self.ctl}conns:{uid}"
+
+    def user_convs(self, uid: str) -> str:        # set of a user's open conversation ids
+        return f"{self.ctl}convs:{uid}"
+
+    def user_history(self, uid: str) -> str:      # set of every conversation id a user was in (erasure)
+        return f"{self.ctl}hist:{uid}"
+
+    def conversation(self, cid: str) -> str:      # hash: participants, state (matcher's record)
+        return f"{self.ctl}cv:{cid}"
+
+    def blocks(self, uid: str) -> str:            # set of users this user may never be matched with
+        return f"{self.ctl}blocks:{uid}"
+
+    @property
+    def suspended(self) -> str:                   # hash uid -> suspended-until (epoch s, 0 = indefinitely)
+        return f"{self.ctl}suspended"
+
+    @property
+    def stats(self) -> str:                       # hash of counters and the wait-time average
+        return f"{self.ctl}stats"
+
+    @property
+    def flags(self) -> str:                       # zset of open flag ids, by priority
+        return f"{self.ctl}flags"
+
+    def flag(self, flag_id: str) -> str:          # hash: one flag
+        return f"{self.ctl}flag:{flag_id}"
+
+    def conv_flags(self, cid: str) -> str:        # hash flag_id -> status, for one conversation
+        return f"{self.ctl}cvflags:{cid}"
+
+    @property
+    def audit(self) -> str:                       # stream: append-only audit log
+        return f"{self.ctl}audit"
+
+    @property
+    def ended(self) -> str:                       # zset conversation id -> end time (retention)
+        return f"{self.ctl}ended"
+
+    @property
+    def erased(self) -> str:                      # set of erased user ids
+        return f"{self.ctl}erased"
+
+    # ---- one conversation: one slot each ------------------------------------------
+    def conv_meta(self, cid: str) -> str:         # hash: epoch, seq, participants, state
+        return f"{self.prefix}:{{c:{cid}}}:meta"
+
+    def conv_log(self, cid: str) -> str:          # stream, entry id = "<seq>-1"
+        return f"{self.prefix}:{{c:{cid}}}:log"
+
+    def conv_client_ids(self, cid: str) -> str:   # hash client_id -> seq (idempotent sends)
+        return f"{self.prefix}:{{c:{cid}}}:cids"
+
+    # ---- pub/sub channels ---------------------------------------------------------
+    def user_channel(self, uid: str) -> str:      # everything addressed to one user
+        return f"{self.prefix}:u:{uid}"
+
+    def watch_channel(self, cid: str) -> str:     # a conversation's messages, for watching moderators
+        return f"{self.prefix}:w:{cid}"
+
+    @property
+    def flag_channel(self) -> str:                # new flags, for moderators' live feed
+        return f"{self.prefix}:flags"
