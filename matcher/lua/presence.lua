@@ -1,0 +1,33 @@
+--! include lib.lua
+-- A connection of a user appears or goes away.  Availability is tied to live connections.
+-- KEYS[1] control-plane stats key (see lib.lua)        ARGV[1..4] see lib.lua
+-- ARGV[5] "connect" | "disconnect"  ARGV[6] user id  ARGV[7] connection id  ARGV[8] presence TTL (s)
+-- Returns JSON {online: bool, created?}.
+local op, uid, conn = ARGV[5], ARGV[6], ARGV[7]
+local conns = P .. 'conns:' .. uid
+if op == 'connect' then
+  local first = redis.call('SCARD', conns) == 0
+  redis.call('SADD', conns, conn)
+  redis.call('ZADD', P .. 'presence', NOW + tonumber(ARGV[8]), uid .. '|' .. conn)
+  local rq = hgetall(P .. 'rq:' .. uid)
+  if rq and tonumber(rq.away or '0') > 0 then
+    redis.call('HSET', P .. 'rq:' .. uid, 'away', 0)
+    redis.call('ZREM', P .. 'away', uid)
+    try_match(uid)
+  end
+  if first and redis.call('EXISTS', P .. 'sv:' .. uid) == 1 then serve_survivor(uid) end
+else
+  redis.call('SREM', conns, conn)
+  redis.call('ZREM', P .. 'presence', uid .. '|' .. conn)
+  if redis.call('SCARD', conns) == 0 then
+    if redis.call('EXISTS', P .. 'sv:' .. uid) == 1 then
+      reindex(uid)
+      withdraw_offers(uid)
+    end
+    if redis.call('EXISTS', P .. 'rq:' .. uid) == 1 then
+      redis.call('HSET', P .. 'rq:' .. uid, 'away', NOW)
+      redis.call('ZADD', P .. 'away', NOW, uid)
+    end
+  end
+end
+return result({online = online(uid)})

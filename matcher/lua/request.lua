@@ -1,0 +1,36 @@
+--! include lib.lua
+-- A patient presses "talk now"; a second request from another tab joins the first.
+-- KEYS[1] control-plane stats key (see lib.lua)        ARGV[1..4] see lib.lua
+-- ARGV[5] patient id  ARGV[6] display name  ARGV[7] diagnoses JSON  ARGV[8] side effects JSON
+-- ARGV[9] languages JSON  ARGV[10] prefer_same_diagnosis_s (0 = offer the best peer at once)
+-- ARGV[11] max requests per patient per hour
+-- Returns JSON {state: "queued"|"offered"|"matched", joined: bool, created?}.
+-- Refuses: suspended; rate_limited (too many requests this hour); already_matched never (a match ends the request).
+local pid = ARGV[5]
+local key = P .. 'rq:' .. pid
+if is_suspended(pid) then return refuse('suspended', 'Your account is suspended.') end
+local existing = hgetall(key)
+if existing then
+  local f = queued_frame(pid)
+  if f then pub(pid, f) end
+  return result({state = existing.state, joined = true})
+end
+local hour = P .. 'rqcount:' .. pid .. ':' .. math.floor(NOW / 3600)
+local n = redis.call('INCR', hour)
+redis.call('EXPIRE', hour, 3700)
+if n > tonumber(ARGV[11]) then
+  return refuse('rate_limited', 'Too many talk-now requests this hour; please wait a little.')
+end
+local strict_until = 0
+if tonumber(ARGV[10]) > 0 then strict_until = NOW + tonumber(ARGV[10]) end
+redis.call('HSET', key, 'name', ARGV[6], 'dx', ARGV[7], 'se', ARGV[8], 'lang', ARGV[9],
+           'created', NOW, 'state', 'waiting', 'offer', '', 'strict', strict_until, 'away', 0)
+redis.call('ZADD', P .. 'queue', NOW, pid)
+if strict_until > 0 then redis.call('ZADD', P .. 'relax', strict_until, pid) end
+redis.call('HINCRBY', P .. 'stats', 'requests', 1)
+try_match(pid)
+local after = hgetall(key)
+if not after then return result({state = 'matched', joined = false}) end
+local f = queued_frame(pid)
+if f then pub(pid, f) end
+return result({state = after.state, joined = false})

@@ -1,0 +1,189 @@
+"""Redis adapter of the matcher: availability, talk-now queue, offers and matches.
+
+Guarantee: every state change here is ONE Lua script on the control-plane
+slot, so any number of gateway processes may call these methods at once and
+no survivor ever holds more conversations plus pending offers than their
+``max_chats``, and no request is matched twice.  Frames for users (offer,
+queued, matched, ended, ...) are published by the same script that changed
+the state, so a gateway dying right after a script cannot lose them for
+connections held elsewhere.  Scripts refuse with domain errors (ServiceError).
+Conversations a call created are returned, so the caller can open their
+chat logs (another slot) right away; the chat layer also opens them lazily.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.keys import Keys
+from gateway.scripts import ScriptSet
+from matcher.profile import Profile
+
+SCRIPTS = ("availability.lua", "request.lua", "cancel.lua", "respond.lua", "presence.lua",
+           "tick.lua", "end.lua", "suspend.lua")
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A conversation a matcher call created."""
+
+    id: str
+    epoch: str
+    patient: str
+    patient_name: str
+    survivor: str
+    survivor_name: str
+    wait_s: float
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    offer_timeout_s: float = 30.0
+    grace_s: float = 60.0
+    cooldown_s: float = 0.0
+    daily_cap: int = 20
+    offers_per_patient_hour: int = 30
+    presence_ttl_s: float = 15.0
+    ewma_default_s: float = 60.0
+
+
+class MatchStore:
+    def __init__(self, redis: Any, keys: Keys, config: MatcherConfig) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.config = config
+        self._scripts = ScriptSet(redis, "matcher", SCRIPTS)
+        self._cfg_json = orjson.dumps({
+            "offer_timeout_s": config.offer_timeout_s, "grace_s": config.grace_s,
+            "cooldown_s": config.cooldown_s, "daily_cap": config.daily_cap,
+            "ewma_default_s": config.ewma_default_s,
+        }).decode()
+        self._channel_stem = keys.user_channel("")
+
+    async def _run(self, name: str, *args: Any) -> tuple[dict[str, Any], list[Created]]:
+        raw = await self._scripts.run(
+            name, [self.keys.stats],
+            [self.keys.ctl, self._channel_stem, secrets.token_hex(8), self._cfg_json, *args])
+        out = orjson.loads(raw)
+        created = [Created(**c) for c in out.pop("created", None) or []]
+        return out, created
+
+    @staticmethod
+    def _lists(profile: Profile) -> tuple[str, str, str]:
+        j = profile.as_json()
+        return (orjson.dumps(j["diagnoses"]).decode(), orjson.dumps(j["side_effects"]).decode(),
+                orjson.dumps(j["languages"]).decode())
+
+    async def set_availability(self, sid: str, name: str, *, available: bool, profile: Profile,
+                               max_chats: int, auto_accept: bool) -> tuple[dict[str, Any], list[Created]]:
+        return await self._run("availability", sid, name, int(available), max_chats, int(auto_accept),
+                               *self._lists(profile))
+
+    async def talk_now(self, pid: str, name: str, profile: Profile, *,
+                       prefer_same_diagnosis_s: float = 0) -> tuple[dict[str, Any], list[Created]]:
+        return await self._run("request", pid, name, *self._lists(profile), prefer_same_diagnosis_s,
+                               self.config.offers_per_patient_hour)
+
+    async def cancel(self, pid: str) -> tuple[dict[str, Any], list[Created]]:
+        return await self._run("cancel", pid)
+
+    async def respond(self, sid: str, offer_id: str, accept: bool) -> tuple[dict[str, Any], list[Created]]:
+        return await self._run("respond", sid, offer_id, "accept" if accept else "decline")
+
+    async def connected(self, uid: str, conn_id: str) -> list[Created]:
+        return (await self._run("presence", "connect", uid, conn_id, self.config.presence_ttl_s))[1]
+
+    async def disconnected(self, uid: str, conn_id: str) -> list[Created]:
+        return (await self._run("presence", "disconnect", uid, conn_id, self.config.presence_ttl_s))[1]
+
+    async def refresh_presence(self, members: list[str]) -> None:
+        """Extend the lease of this process's live connections ("uid|conn" members); XX: never revive."""
+        if not members:
+            return
+        t = await self.redis.time()
+        expires = t[0] + t[1] / 1e6 + self.config.presence_ttl_s
+        await self.redis.zadd(self.keys.presence, {m: expires for m in members}, xx=True)
+
+    async def tick(self, batch: int = 100) -> tuple[dict[str, Any], list[Created]]:
+        return await self._run("tick", batch)
+
+    async def end(self, cid: str, uid: str, role: str, *, block: bool = False,
+                  reason: str = "") -> tuple[dict[str, Any], list[Created]]:
+        return await self._run("end", cid, uid, role, int(block), reason)
+
+    async def suspend(self, uid: str, until: float, reason: str) -> tuple[dict[str, Any], list[Created]]:
+        return await self._run("suspend", uid, until, reason)
+
+    # ---- reads (no atomicity needed) -----------------------------------------------
+    async def is_suspended(self, uid: str) -> bool:
+        raw = await self.redis.hget(self.keys.suspended, uid)
+        if raw is None:
+            return False
+        until = float(raw)
+        if until == 0:
+            return True
+        t = await self.redis.time()
+        return until > t[0]
+
+    async def conversation(self, cid: str) -> dict[str, str] | None:
+        rec = await self.redis.hgetall(self.keys.conversation(cid))
+        return rec or None
+
+    async def user_state(self, uid: str, role: str) -> dict[str, Any]:
+        """What a welcome frame reports: open conversations, waiting request, availability."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(k.user_convs(uid))
+            pipe.hgetall(k.request(uid))
+            pipe.zrank(k.queue, uid)
+            pipe.hgetall(k.survivor(uid))
+            pipe.hget(k.stats, "wait_ewma")
+            convs, rq, rank, sv, ewma = await pipe.execute()
+        state: dict[str, Any] = {"conversations": []}
+        if convs:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for cid in sorted(convs):
+                    pipe.hgetall(k.conversation(cid))
+                records = await pipe.execute()
+            for cid, cv in zip(sorted(convs), records):
+                if not cv or cv.get("state") != "open":
+                    continue
+                peer_role = "survivor" if cv["patient"] == uid else "patient"
+                state["conversations"].append({
+                    "conversation_id": cid, "epoch": cv["epoch"],
+                    "peer": {"name": cv[f"{peer_role}_name"], "role": peer_role},
+                    "shared": orjson.loads(cv["shared"]), "created": float(cv["created"]),
+                })
+        if rq:
+            est = float(ewma or self.config.ewma_default_s)
+            position = rank + 1 if rank is not None else None
+            state["request"] = {"state": rq["state"], "position": position,
+                                "estimated_wait_s": round(est * position) if position else None}
+        if sv:
+            state["availability"] = {
+                "available": sv.get("av") == "1", "max_chats": int(sv.get("max", 1)),
+                "auto_accept": sv.get("auto") == "1", "active": int(sv.get("act", 0)),
+                "pending": int(sv.get("pend", 0)),
+                "profile": {"diagnoses": orjson.loads(sv["dx"]), "side_effects": orjson.loads(sv["se"]),
+                            "languages": orjson.loads(sv["lang"])},
+            }
+        return state
+
+    async def queue_positions(self, pids: list[str]) -> list[int | None]:
+        if not pids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pid in pids:
+                pipe.zrank(self.keys.queue, pid)
+            ranks = await pipe.execute()
+        return [r + 1 if r is not None else None for r in ranks]
+
+    async def queue_length(self) -> int:
+        return await self.redis.zcard(self.keys.queue)
+
+    async def wait_estimate(self) -> float:
+        raw = await self.redis.hget(self.keys.stats, "wait_ewma")
+        return float(raw) if raw else self.config.ewma_default_s
