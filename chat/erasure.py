@@ -1,0 +1,60 @@
+"""Erasure ("delete my data"): a user's words and name leave Redis for good.
+
+Order matters, so that a crash part-way can simply be retried:
+1. SADD the user to ``keys.erased`` first: the gateway refuses their tokens from now on.
+2. Per conversation in ``keys.user_history(uid)``, one script rebuilds the log without the
+   user's text and name (see ``chat/lua/erase.lua``; seqs and the peer's messages are kept)
+   and marks the user erased in the conversation (append refuses them there from then on).
+3. Delete the user's control-plane data; the history set goes last (it is the work list).
+4. Ask Redis to rewrite its AOF, so the original XADDs leave the disk as well.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from chat.store import ChatStore
+from gateway.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+async def erase_user(redis: Any, keys: Keys, store: ChatStore, uid: str, *,
+                     compact_aof: bool = True, aof_wait_s: float = 60.0) -> int:
+    """Erase ``uid``'s messages from every conversation they were in; return how many were erased."""
+    await redis.sadd(keys.erased, uid)
+    erased = 0
+    for raw in await redis.smembers(keys.user_history(uid)):
+        cid = raw.decode() if isinstance(raw, bytes) else raw
+        erased += await store.erase_sender(cid, uid)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.survivor(uid), keys.request(uid), keys.blocks(uid), keys.user_convs(uid))
+        pipe.delete(keys.user_history(uid))
+        await pipe.execute()
+    if compact_aof:
+        await rewrite_aof(redis, wait_s=aof_wait_s)
+    return erased
+
+
+async def rewrite_aof(redis: Any, *, wait_s: float = 60.0) -> bool:
+    """Best effort: start an AOF rewrite that begins *after* now (so it cannot contain erased data).
+
+    If a rewrite is already running (its fork may predate the erasure) wait for it, then start ours.
+    Returns True if a rewrite was started; False when AOF is off, the command is disabled, or waiting
+    timed out.  Never raises for Redis-side refusals."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        info = await redis.info("persistence")
+        if not int(info.get("aof_enabled", 0)):
+            return False
+        try:
+            await redis.bgrewriteaof()
+            return True
+        except ResponseError as exc:
+            if "in progress" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                log.warning("AOF rewrite after erasure not started: %s", exc)
+                return False
+        await asyncio.sleep(0.2)

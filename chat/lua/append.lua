@@ -1,0 +1,47 @@
+-- append.lua: store one chat message and wake its readers, in one atomic step.
+-- KEYS[1] meta hash  KEYS[2] log stream  KEYS[3] client-id hash   (all of one {c:ID} slot)
+-- ARGV[1] conversation id  ARGV[2] sender id  ARGV[3] sender display name
+-- ARGV[4] role (patient|survivor|moderator)  ARGV[5] client id  ARGV[6] text (original)
+-- ARGV[7] shown text ("" or equal to ARGV[6]: not masked)  ARGV[8] flags (comma separated, may be "")
+-- ARGV[9] user channel stem (channel = stem .. user id)  ARGV[10] the conversation's watch channel
+-- Returns {seq, ts_ms, epoch, duplicate (0|1)}.  A duplicate (same sender, same client id) returns the
+-- recorded seq/ts and stores and publishes nothing.
+-- Refuses: forbidden (unknown conversation, not a participant and not a moderator, or an erased sender);
+--          conversation_ended (state is not open; moderators too; checked after the duplicate test so a
+--          retry of a message stored before the end is still acknowledged).
+local cid, sender, name, role, client = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local text, shown, flags = ARGV[6], ARGV[7], ARGV[8]
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'state', 'patient', 'survivor', 'erased:' .. sender)
+local epoch, state, patient, survivor, erased = m[1], m[2], m[3], m[4], m[5]
+if not epoch or erased or (sender ~= patient and sender ~= survivor and role ~= 'moderator') then
+  return redis.error_reply('AT:forbidden:You are not part of that conversation.')
+end
+-- client ids are scoped by sender (length-prefixed, so no two (sender, client id) pairs collide)
+local field = string.len(sender) .. ':' .. sender .. ':' .. client
+local prior = redis.call('HGET', KEYS[3], field)
+if prior then
+  local sep = string.find(prior, ':', 1, true)
+  return {tonumber(string.sub(prior, 1, sep - 1)), tonumber(string.sub(prior, sep + 1)), epoch, 1}
+end
+if state ~= 'open' then
+  return redis.error_reply('AT:conversation_ended:This conversation has ended.')
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local t = redis.call('TIME')
+local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ts_s = string.format('%d', ts)
+local id = string.format('%d-1', seq)
+if shown == '' or shown == text then
+  shown = text
+  redis.call('XADD', KEYS[2], id, 'from', sender, 'name', name, 'role', role, 'text', text,
+             'cid', client, 'ts', ts_s, 'flags', flags)
+else
+  redis.call('XADD', KEYS[2], id, 'from', sender, 'name', name, 'role', role, 'text', text,
+             'shown', shown, 'cid', client, 'ts', ts_s, 'flags', flags)
+end
+redis.call('HSET', KEYS[3], field, string.format('%d:%d', seq, ts))
+local live = cmsgpack.pack({'m', cid, seq, epoch, ts, name, role, shown, client, sender})
+redis.call('PUBLISH', ARGV[9] .. patient, live)
+redis.call('PUBLISH', ARGV[9] .. survivor, live)
+redis.call('PUBLISH', ARGV[10], cmsgpack.pack({'m', cid, seq, epoch, ts, name, role, text, client, sender, flags}))
+return {seq, ts, epoch, 0}

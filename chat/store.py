@@ -1,0 +1,256 @@
+"""The durable chat store: the Redis adapter for conversation logs.
+
+Guarantees
+----------
+* **Atomic.**  :meth:`ChatStore.append` is one Lua script on the conversation's
+  slot (tag ``{c:ID}``): the authorisation and state checks, the idempotency
+  check, the seq assignment (``HINCRBY``), the server timestamp (``TIME``), the
+  ``XADD`` with entry id ``<seq>-1``, the client-id record and the ``PUBLISH``
+  calls happen together or not at all.  Seqs start at 1 and have no gaps;
+  the log order is the seq order.  ``open``, ``end``, ``feedback`` and the
+  erasure rewrite are single scripts as well; reads are single commands.
+* **Idempotent.**  A (sender, client id) pair is stored at most once: a retry
+  gets the first call's seq and ts with ``duplicate=True`` and publishes
+  nothing.  The record lives as long as the conversation.
+* **Durable when.**  A message is acknowledged once Redis has executed the
+  script, i.e. it is in memory and in the AOF buffer.  It is on disk when the
+  AOF is fsynced (``appendfsync everysec``: within about a second), and on a
+  replica when replication catches up; a crash of the primary inside that
+  window can lose acknowledged messages.  Clients resume with
+  :meth:`read_after` from the last seq they saw; the ``epoch`` tells them
+  whether the log they resume from is the one they knew.
+* **Pub/sub promises nothing.**  The ``PUBLISH`` inside ``append`` is only a
+  wake-up for the gateways holding the participants' (and watching
+  moderators') sockets: it is fire-and-forget, may be lost (no subscriber, a
+  reconnecting gateway, a slow subscriber cut off) and is never replayed.
+  The log is the truth; a gateway that may have missed something reads it
+  with :meth:`read_after`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from gateway.keys import Keys
+from gateway.scripts import ScriptSet
+
+DELETED_NAME = "Deleted user"
+SCRIPTS = ("open.lua", "append.lua", "end.lua", "feedback.lua", "erase.lua")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One log entry.  ``text`` is the original, ``shown`` what participants see (== text when unmasked)."""
+
+    seq: int
+    ts: int
+    sender_id: str
+    name: str
+    role: str
+    text: str
+    shown: str
+    client_id: str
+    flags: str
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMessage:
+    """A decoded pub/sub wake-up.  ``text`` is what the channel carried: the *shown* text on a
+    user channel, the *original* text on the watch channel (which alone carries ``flags``)."""
+
+    conversation_id: str
+    seq: int
+    epoch: str
+    ts: int
+    name: str
+    role: str
+    text: str
+    client_id: str
+    sender_id: str
+    flags: str | None = None     # None: from a user channel; a str: from the watch channel
+
+    @property
+    def watch(self) -> bool:
+        return self.flags is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    seq: int
+    ts: int
+    epoch: str
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationMeta:
+    id: str
+    epoch: str
+    patient: str
+    patient_name: str
+    survivor: str
+    survivor_name: str
+    state: str
+    seq: int
+    ended_by: str
+    created: int = 0            # ms, server time
+    ended_at: int = 0           # ms, server time; 0 while open
+
+    def participant(self, uid: str) -> bool:
+        return bool(uid) and (uid == self.patient or uid == self.survivor)
+
+    def peer_of(self, uid: str) -> str:
+        """The other participant; "" if ``uid`` is not a participant."""
+        if uid == self.patient:
+            return self.survivor
+        if uid == self.survivor:
+            return self.patient
+        return ""
+
+    @property
+    def ended(self) -> bool:
+        return self.state != "open"
+
+
+# ---- pure helpers (gateway hot path) ---------------------------------------------------------
+
+_LIVE_HEADS = (0x9A, 0x9B)      # msgpack fixarray of 10 (user channel) or 11 (watch channel)
+
+
+def decode_live(payload: bytes) -> LiveMessage | None:
+    """Decode a message wake-up published by ``append``; None for anything else (e.g. JSON frames)."""
+    if not payload or payload[0] not in _LIVE_HEADS:
+        return None
+    try:
+        a = msgpack.unpackb(payload, raw=False, use_list=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if a[0] != "m":
+        return None
+    return LiveMessage(a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10] if len(a) == 11 else None)
+
+
+def message_frame(cid: str, epoch: str, m: StoredMessage | LiveMessage, *, moderator_view: bool = False) -> dict:
+    """The client ``message`` frame.  Participants see ``shown``; ``moderator_view`` shows the original
+    text of a :class:`StoredMessage`.  A :class:`LiveMessage` carries one text already chosen by its
+    channel (shown on user channels, original on the watch channel), so ``moderator_view`` is moot.
+    An erased sender's entries carry the name "Deleted user" and text "" (rewritten in the log)."""
+    if isinstance(m, StoredMessage):
+        text = m.text if moderator_view else m.shown
+    else:
+        text = m.text
+    return {
+        "type": "message",
+        "conversation_id": cid,
+        "seq": m.seq,
+        "epoch": epoch,
+        "from": {"name": m.name, "role": m.role},
+        "text": text,
+        "ts": m.ts,
+        "client_id": m.client_id,
+    }
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else ("" if v is None else v)
+
+
+def _fields(raw: Any) -> dict[str, str]:
+    if not raw:
+        return {}
+    return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def _entry(entry_id: Any, raw: Any) -> StoredMessage:
+    f = _fields(raw)
+    text = f.get("text", "")
+    return StoredMessage(
+        seq=int(_s(entry_id).partition("-")[0]),
+        ts=int(f.get("ts") or 0),
+        sender_id=f.get("from", ""),
+        name=f.get("name", DELETED_NAME),
+        role=f.get("role", ""),
+        text=text,
+        shown=f.get("shown", text),
+        client_id=f.get("cid", ""),
+        flags=f.get("flags", ""),
+    )
+
+
+class ChatStore:
+    """Conversation logs in Redis.  One instance per process; its scripts are registered once."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = ScriptSet(redis, "chat", SCRIPTS)
+        self._user_stem = keys.user_channel("")
+        assert keys.user_channel("x") == self._user_stem + "x", "user channels must be stem + uid"
+
+    def _conv_keys(self, cid: str) -> list[str]:
+        k = self.keys
+        return [k.conv_meta(cid), k.conv_log(cid), k.conv_client_ids(cid)]
+
+    async def open(self, cid: str, *, epoch: str, patient: tuple[str, str], survivor: tuple[str, str]) -> None:
+        """Create the conversation's metadata; a second call never changes epoch, seq or state."""
+        await self.scripts.run("open", [self.keys.conv_meta(cid)],
+                               [epoch, patient[0], patient[1], survivor[0], survivor[1]])
+
+    async def meta(self, cid: str) -> ConversationMeta | None:
+        f = _fields(await self.redis.hgetall(self.keys.conv_meta(cid)))
+        if "epoch" not in f:
+            return None
+        return ConversationMeta(
+            id=cid, epoch=f["epoch"], patient=f.get("patient", ""), patient_name=f.get("patient_name", ""),
+            survivor=f.get("survivor", ""), survivor_name=f.get("survivor_name", ""),
+            state=f.get("state", "open"), seq=int(f.get("seq") or 0), ended_by=f.get("ended_by", ""),
+            created=int(f.get("created") or 0), ended_at=int(f.get("ended_at") or 0),
+        )
+
+    async def append(self, cid: str, *, sender_id: str, name: str, role: str, client_id: str,
+                     text: str, shown: str, flags: str = "") -> Appended:
+        """Store and publish one message (see the module docstring).  ``shown`` "" means "same as text".
+
+        Raises ServiceError FORBIDDEN (unknown conversation, not a participant nor a moderator, erased
+        sender) or CONVERSATION_ENDED; UNAVAILABLE if Redis cannot be reached (nothing was stored, or
+        the outcome is unknown: retry with the same client id)."""
+        res = await self.scripts.run(
+            "append", self._conv_keys(cid),
+            [cid, sender_id, name, role, client_id, text, shown, flags,
+             self._user_stem, self.keys.watch_channel(cid)],
+        )
+        return Appended(int(res[0]), int(res[1]), _s(res[2]), bool(int(res[3])))
+
+    async def read_after(self, cid: str, after_seq: int, limit: int = 500) -> list[StoredMessage]:
+        """Messages with seq > after_seq, ascending, at most ``limit``."""
+        if limit <= 0:
+            return []
+        rows = await self.redis.xrange(self.keys.conv_log(cid), f"{max(after_seq, 0) + 1}-0", "+", count=limit)
+        return [_entry(i, f) for i, f in rows]
+
+    async def history(self, cid: str, before_seq: int | None, limit: int) -> list[StoredMessage]:
+        """The latest ``limit`` messages with seq < before_seq (or the latest overall), ascending."""
+        if limit <= 0 or (before_seq is not None and before_seq <= 1):
+            return []
+        top = "+" if before_seq is None else f"{before_seq - 1}-1"
+        rows = await self.redis.xrevrange(self.keys.conv_log(cid), top, "-", count=limit)
+        return [_entry(i, f) for i, f in reversed(rows)]
+
+    async def end(self, cid: str, by: str) -> bool:
+        """End the conversation's log.  True only for the call that ended it; ended_at = server time (ms)."""
+        return bool(int(await self.scripts.run("end", [self.keys.conv_meta(cid)], [by])))
+
+    async def feedback(self, cid: str, uid: str, rating: int, comment: str) -> None:
+        """Store ``uid``'s feedback (fields ``<role>_rating``, ``<role>_comment``, ``<role>_feedback_at``).
+
+        Raises ServiceError FORBIDDEN for non-participants, BAD_FRAME while the conversation is open."""
+        await self.scripts.run("feedback", [self.keys.conv_meta(cid)], [uid, int(rating), comment])
+
+    async def erase_sender(self, cid: str, uid: str) -> int:
+        """Rewrite one conversation's log without ``uid``'s words and name (see lua/erase.lua).
+
+        Returns how many of the user's entries were rewritten.  Used by :func:`chat.erasure.erase_user`."""
+        k = self.keys
+        return int(await self.scripts.run("erase", [k.conv_meta(cid), k.conv_log(cid)], [uid, DELETED_NAME]))

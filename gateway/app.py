@@ -1,0 +1,241 @@
+"""The edge: HTTP routes, the WebSocket endpoint, and the only place errors become frames or closes."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, AsyncIterator
+from urllib.parse import urlsplit
+
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway import metrics
+from gateway.auth import Identity, issue_token, verify_token
+from gateway.connection import Conn
+from gateway.errors import CloseCode, ErrorCode, ServiceError, Unauthorized
+from gateway.protocol import authorize, error_frame, parse_frame, parse_resume
+from gateway.service import Service
+from gateway.settings import Settings
+
+log = logging.getLogger("aftertalk.gateway")
+STATIC = Path(__file__).parent / "static"
+
+
+def make_redis(url: str, *, decode: bool) -> aioredis.Redis:
+    """A client whose pool waits for a free connection instead of raising under bursts."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=64, timeout=10, decode_responses=decode,
+        socket_connect_timeout=2, socket_timeout=5, health_check_interval=5, retry_on_timeout=False)
+    return aioredis.Redis(connection_pool=pool)
+
+
+def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
+    """Cross-site WebSocket hijacking guard (CORS does not cover WebSockets)."""
+    origin = ws.headers.get("origin")
+    if origin is None:
+        return True                       # not a browser: nothing ambient to hijack
+    if allowed:
+        return origin in allowed or "*" in allowed
+    host = ws.headers.get("host", "")
+    return urlsplit(origin).netloc == host
+
+
+class Edge:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = make_redis(settings.redis_url, decode=True)
+        self.redis_bytes = make_redis(settings.redis_url, decode=False)
+        self.service = Service(settings, self.redis, self.redis_bytes)
+        self.per_ip: Counter[str] = Counter()
+
+    # ---- HTTP ---------------------------------------------------------------------
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "gateway": self.service.gateway_id})
+
+    async def readyz(self, request: Request) -> Response:
+        try:
+            await asyncio.wait_for(self.redis.ping(), 1.0)
+        except Exception:
+            return JSONResponse({"status": "unavailable", "redis": False}, status_code=503)
+        if not self.service.hub.connected.is_set():
+            return JSONResponse({"status": "unavailable", "redis": True, "pubsub": False}, status_code=503)
+        return JSONResponse({"status": "ready", "redis": True, "pubsub": True})
+
+    async def metrics(self, request: Request) -> Response:
+        with contextlib.suppress(Exception):
+            stats = await asyncio.wait_for(self.redis.hgetall(self.service.keys.stats), 1.0)
+            metrics.update_store_gauges(stats, await self.service.match.queue_length())
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    async def vocabulary(self, request: Request) -> Response:
+        return JSONResponse(self.service.vocabulary.as_json())
+
+    async def demo_token(self, request: Request) -> Response:
+        """Demo mode only: anyone may pick a role and a pseudonym."""
+        if not self.settings.demo:
+            return JSONResponse({"error": "demo sign-in is off"}, status_code=404)
+        try:
+            body = orjson.loads(await request.body())
+            role, name = body["role"], str(body["name"]).strip()[:40]
+            sub = str(body.get("id") or "").strip()[:64] or f"demo-{role}-{name.lower().replace(' ', '-')}"
+            token = issue_token(self.settings.secret, sub=sub, role=role, name=name or role, ttl_s=12 * 3600,
+                                audience=self.settings.jwt_audience, issuer=self.settings.jwt_issuer)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            return JSONResponse({"error": "send {\"role\": patient|survivor|moderator, \"name\": ...}"},
+                                status_code=400)
+        return JSONResponse({"token": token, "id": sub})
+
+    # ---- WebSocket ----------------------------------------------------------------
+    async def websocket(self, ws: WebSocket) -> None:
+        s = self.settings
+        if not origin_allowed(ws, s.allowed_origins):
+            await ws.close(CloseCode.POLICY, "origin not allowed")
+            return
+        ip = ws.client.host if ws.client else "?"
+        await ws.accept()
+        if self.per_ip[ip] >= s.max_conns_per_ip:
+            await ws.close(CloseCode.TOO_MANY, "too many connections from this address")
+            return
+        self.per_ip[ip] += 1
+        try:
+            await self._session(ws)
+        finally:
+            self.per_ip[ip] -= 1
+            if self.per_ip[ip] <= 0:
+                del self.per_ip[ip]
+
+    async def _hello(self, ws: WebSocket) -> tuple[Identity, dict[str, tuple[int, str | None]]]:
+        s = self.settings
+        try:
+            msg = await asyncio.wait_for(ws.receive(), s.hello_timeout_s)
+        except asyncio.TimeoutError:
+            raise Unauthorized("no hello in time") from None
+        if msg["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(msg.get("code", 1000))
+        text = msg.get("text")
+        if text is None:
+            raise Unauthorized("expected a hello text frame")
+        try:
+            frame = parse_frame(text)
+        except ServiceError:
+            raise Unauthorized("expected a hello frame") from None
+        if frame["type"] != "hello":
+            raise Unauthorized("the first frame must be hello")
+        user = verify_token(frame["token"], s.secret, algorithms=s.jwt_algorithms,
+                            audience=s.jwt_audience, issuer=s.jwt_issuer)
+        try:
+            resume = parse_resume(frame.get("resume"))
+        except ServiceError:
+            raise Unauthorized("malformed resume map") from None
+        return user, resume
+
+    async def _session(self, ws: WebSocket) -> None:
+        service = self.service
+        try:
+            user, resume = await self._hello(ws)
+        except Unauthorized as exc:
+            await ws.close(CloseCode.UNAUTHORIZED, exc.reason)
+            return
+        except WebSocketDisconnect:
+            return
+        try:
+            if await self.redis.sismember(service.keys.erased, user.id):
+                await ws.close(CloseCode.UNAUTHORIZED, "this account was erased")
+                return
+            if await service.match.is_suspended(user.id):
+                await ws.close(CloseCode.SUSPENDED, "suspended by a moderator")
+                return
+        except Exception:
+            pass        # Redis down: let the session open; frames will get 'unavailable'
+        if len(service.hub.conns_of(user.id)) >= self.settings.max_conns_per_user:
+            await ws.close(CloseCode.TOO_MANY, "too many connections for this user")
+            return
+        conn = service.new_conn(ws, user, on_slow=lambda c: metrics.SLOW_CLOSES.inc())
+        metrics.CONNECTIONS.labels(user.role).inc()
+        try:
+            try:
+                await service.open_session(conn, resume)
+            except ServiceError as exc:
+                self._error(conn, exc, "hello")
+            await self._loop(ws, conn)
+        finally:
+            metrics.CONNECTIONS.labels(user.role).dec()
+            await service.close_session(conn)
+
+    async def _loop(self, ws: WebSocket, conn: Conn) -> None:
+        service = self.service
+        while not conn.closed:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            text = msg.get("text")
+            if text is None:
+                conn.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
+                return
+            ref = None
+            try:
+                if not conn.frames.take(time.monotonic()):
+                    if conn.frames.tokens < -conn.frames.burst:
+                        conn.close(CloseCode.TOO_MANY, "far too many frames")
+                        return
+                    conn.frames.tokens -= 1
+                    raise ServiceError(ErrorCode.RATE_LIMITED, "Too many frames; this one was ignored.")
+                frame = parse_frame(text)
+                ref = frame["type"]
+                if ref == "hello":
+                    raise ServiceError(ErrorCode.BAD_FRAME, "Already signed in.")
+                authorize(ref, conn.user.role)
+                await service.dispatch(conn, frame)
+            except ServiceError as exc:
+                self._error(conn, exc, ref)
+            except Exception:
+                log.exception("unhandled error in a %s frame", ref)
+                self._error(conn, ServiceError(ErrorCode.INTERNAL, "Something went wrong on our side."), ref)
+
+    @staticmethod
+    def _error(conn: Conn, exc: ServiceError, ref: str | None) -> None:
+        metrics.ERRORS.labels(str(exc.code)).inc()
+        data = dict(exc.data)
+        ref = data.pop("ref", ref)
+        conn.push(orjson.dumps(error_frame(exc.code, exc.message, ref, **data)).decode())
+
+    # ---- app ----------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.service.start()
+        try:
+            yield
+        finally:
+            for conns in list(self.service.hub.by_user.values()):
+                for conn in list(conns):
+                    conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            await asyncio.sleep(0.05)
+            await self.service.stop()
+            await self.redis.aclose()
+            await self.redis_bytes.aclose()
+
+
+def create_app(settings: Settings) -> Starlette:
+    edge = Edge(settings)
+    routes: list[Any] = [
+        Route("/healthz", edge.healthz), Route("/readyz", edge.readyz), Route("/metrics", edge.metrics),
+        Route("/api/vocabulary", edge.vocabulary), Route("/api/demo-token", edge.demo_token, methods=["POST"]),
+        WebSocketRoute("/ws", edge.websocket),
+    ]
+    routes += getattr(edge.service, "extra_routes", [])
+    if STATIC.is_dir():
+        routes.append(Mount("/", StaticFiles(directory=STATIC, html=True), name="static"))
+    app = Starlette(routes=routes, lifespan=edge.lifespan)
+    app.state.edge = edge
+    return app

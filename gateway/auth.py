@@ -1,0 +1,67 @@
+"""Signed identity tokens (JWT).  Pure: no I/O.
+
+The accepted algorithms come from configuration and are passed to PyJWT
+explicitly, so a token's own header can never choose ``none`` or an
+asymmetric algorithm.  ``exp``, ``sub``, ``role`` and ``name`` are required;
+``aud`` and ``iss`` are checked when configured.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from gateway.errors import Unauthorized
+
+ROLES = frozenset({"patient", "survivor", "moderator"})
+MAX_NAME = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    id: str
+    role: str
+    name: str
+    exp: float
+
+    def public(self) -> dict[str, str]:
+        return {"id": self.id, "role": self.role, "name": self.name}
+
+
+def issue_token(secret: str, *, sub: str, role: str, name: str, ttl_s: float = 3600,
+                audience: str = "", issuer: str = "", algorithm: str = "HS256", now: float | None = None) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    now = time.time() if now is None else now
+    claims: dict[str, object] = {"sub": sub, "role": role, "name": name, "iat": int(now), "exp": int(now + ttl_s)}
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def verify_token(token: object, secret: str, *, algorithms: tuple[str, ...] = ("HS256",),
+                 audience: str = "", issuer: str = "", leeway_s: float = 5.0) -> Identity:
+    """Return the identity in a valid token or raise :class:`Unauthorized` with a reason."""
+    if not isinstance(token, str) or not token or len(token) > 4096:
+        raise Unauthorized("missing or malformed token")
+    options = {"require": ["exp", "sub", "role", "name"], "verify_aud": bool(audience)}
+    try:
+        claims = jwt.decode(token, secret, algorithms=list(algorithms), audience=audience or None,
+                            issuer=issuer or None, options=options, leeway=leeway_s)
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise Unauthorized("token not yet valid") from None
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
+    sub, role, name = claims.get("sub"), claims.get("role"), claims.get("name")
+    if not isinstance(sub, str) or not sub or len(sub) > 128 or "|" in sub:
+        raise Unauthorized("invalid token: bad subject")
+    if role not in ROLES:
+        raise Unauthorized("invalid token: unknown role")
+    if not isinstance(name, str) or not name.strip():
+        raise Unauthorized("invalid token: bad name")
+    return Identity(id=sub, role=role, name=name.strip()[:MAX_NAME], exp=float(claims["exp"]))

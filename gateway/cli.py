@@ -1,0 +1,122 @@
+"""``aftertalk``: serve, token, erase-user, audit."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import sys
+
+from gateway.settings import ENV_NAMES, Settings
+
+log = logging.getLogger("aftertalk")
+MIN_SECRET = 32
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.embedded import EmbeddedRedis
+
+    settings = Settings.from_env(host=args.host, port=args.port, redis_url=args.redis_url,
+                                 data_dir=args.data_dir, demo=True if args.demo else None)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if len(settings.secret.encode()) < MIN_SECRET:
+        if not settings.demo:
+            print(f"aftertalk: {ENV_NAMES['secret']} must be at least {MIN_SECRET} bytes (or use --demo).",
+                  file=sys.stderr)
+            return 2
+        settings = Settings(**{**settings.__dict__, "secret": secrets.token_urlsafe(48)})
+        log.warning("demo mode: made up a signing secret for this run; tokens die with the process")
+    embedded = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        settings = Settings(**{**settings.__dict__, "redis_url": embedded.start()})
+    try:
+        print(f"Aftertalk is up: open http://{settings.host}:{settings.port}/", flush=True)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                    ws="websockets-sansio", ws_max_size=settings.max_frame_bytes, ws_per_message_deflate=False,
+                    ws_ping_interval=settings.ping_interval_s, ws_ping_timeout=settings.ping_timeout_s,
+                    lifespan="on", access_log=False, proxy_headers=True, server_header=False)
+    finally:
+        if embedded:
+            embedded.stop()
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from gateway.auth import issue_token
+
+    settings = Settings.from_env()
+    if len(settings.secret.encode()) < MIN_SECRET:
+        print(f"aftertalk: set {ENV_NAMES['secret']} (at least {MIN_SECRET} bytes) to sign tokens.", file=sys.stderr)
+        return 2
+    print(issue_token(settings.secret, sub=args.sub, role=args.role, name=args.name, ttl_s=args.ttl,
+                      audience=settings.jwt_audience, issuer=settings.jwt_issuer))
+    return 0
+
+
+def _store_command(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(redis_url=args.redis_url)
+    if not settings.redis_url:
+        print(f"aftertalk: pass --redis-url or set {ENV_NAMES['redis_url']}.", file=sys.stderr)
+        return 2
+    return asyncio.run(_run_store_command(args, settings))
+
+
+async def _run_store_command(args: argparse.Namespace, settings: Settings) -> int:
+    import redis.asyncio as aioredis
+
+    from gateway.keys import Keys
+
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    keys = Keys(settings.key_prefix)
+    try:
+        if args.command == "erase-user":
+            from chat.erasure import erase_user
+            from chat.store import ChatStore
+
+            count = await erase_user(redis, keys, ChatStore(redis, keys), args.user_id)
+            print(f"erased user {args.user_id}: {count} messages")
+        elif args.command == "audit":
+            from chat.audit import print_audit
+
+            await print_audit(redis, keys, since=args.since, limit=args.limit)
+    finally:
+        await redis.aclose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aftertalk", description="Aftertalk peer-support service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run a gateway process")
+    serve.add_argument("--host", default=None, help=f"bind address (env {ENV_NAMES['host']}, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help=f"port (env {ENV_NAMES['port']}, default 8000)")
+    serve.add_argument("--redis-url", default=None, help=f"Redis URL (env {ENV_NAMES['redis_url']}); "
+                       "without one an embedded redis-server is started")
+    serve.add_argument("--data-dir", default=None, help=f"embedded Redis data (env {ENV_NAMES['data_dir']})")
+    serve.add_argument("--demo", action="store_true", help="demo sign-in page; makes up a secret if none is set")
+    serve.set_defaults(func=_serve)
+    token = sub.add_parser("token", help="print a signed token")
+    token.add_argument("--role", required=True, choices=["patient", "survivor", "moderator"])
+    token.add_argument("--sub", required=True)
+    token.add_argument("--name", required=True)
+    token.add_argument("--ttl", type=float, default=3600, help="seconds (default 3600)")
+    token.set_defaults(func=_token)
+    erase = sub.add_parser("erase-user", help="right to erasure: remove a user's profile and messages")
+    erase.add_argument("user_id")
+    erase.add_argument("--redis-url", default=None)
+    erase.set_defaults(func=_store_command)
+    audit = sub.add_parser("audit", help="print the moderation audit log")
+    audit.add_argument("--since", default="", help="ISO time or epoch seconds")
+    audit.add_argument("--limit", type=int, default=1000)
+    audit.add_argument("--redis-url", default=None)
+    audit.set_defaults(func=_store_command)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

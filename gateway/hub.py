@@ -1,0 +1,285 @@
+"""Live fan-out: one pub/sub link per gateway process, and the connections it holds.
+
+Guarantee: pub/sub is only a wake-up.  Every live message carries its
+``seq``; a connection writes message ``seq`` only right after ``seq - 1``,
+and any gap (a lost publish, a pub/sub reconnect, a slow catch-up) is filled
+from the conversation log, which is the truth.  The hub owns its reconnect
+loop: a link that stops answering PING within ``ping_timeout_s`` or raises
+is dropped and rebuilt with backoff, every channel is subscribed again, and
+every connection is caught up from the log and re-synced with the control
+plane (missed matches and offers are replayed from state, not from pub/sub).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from chat.store import ChatStore, decode_live, message_frame
+from gateway import metrics
+from gateway.connection import Conn
+from gateway.errors import CloseCode
+from gateway.keys import Keys
+from gateway.limits import backoff
+
+log = logging.getLogger("aftertalk.hub")
+FILL_BATCH = 500
+
+
+class Hub:
+    def __init__(self, redis_bytes: Any, keys: Keys, chat: ChatStore, *,
+                 ping_interval_s: float = 1.0, ping_timeout_s: float = 3.0) -> None:
+        self.redis = redis_bytes
+        self.keys = keys
+        self.chat = chat
+        self.by_user: dict[str, set[Conn]] = {}
+        self.watchers: dict[str, set[Conn]] = {}
+        self.flag_watchers: set[Conn] = set()
+        self.epochs: dict[str, str] = {}
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
+        self.connected = asyncio.Event()
+        self.on_resync: Callable[[str], Awaitable[None]] | None = None
+        self._pubsub: Any = None
+        self._confirm: dict[bytes, asyncio.Future[None]] = {}
+        self._user_stem = keys.user_channel("").encode()
+        self._watch_stem = keys.watch_channel("").encode()
+        self._flag_channel = keys.flag_channel.encode()
+        self._stopping = False
+
+    # ---- channels ---------------------------------------------------------------
+    def _wanted(self) -> list[bytes]:
+        chans = [self._flag_channel]
+        chans += [self._user_stem + uid.encode() for uid in self.by_user]
+        chans += [self._watch_stem + cid.encode() for cid in self.watchers]
+        return chans
+
+    async def _subscribe(self, channel: bytes) -> None:
+        """Subscribe and wait for the server's confirmation (so later reads of state cannot miss a publish)."""
+        if not self.connected.is_set() or self._pubsub is None:
+            return                  # the reconnect loop subscribes everything and re-syncs
+        fut = self._confirm.get(channel)
+        if fut is None:
+            fut = self._confirm[channel] = asyncio.get_running_loop().create_future()
+            try:
+                await self._pubsub.subscribe(channel)
+            except Exception:
+                self._confirm.pop(channel, None)
+                return
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), 3.0)
+        except asyncio.TimeoutError:
+            log.warning("subscription not confirmed in time")
+
+    async def _unsubscribe(self, channel: bytes) -> None:
+        if self.connected.is_set() and self._pubsub is not None:
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except Exception:
+                pass
+
+    async def add(self, conn: Conn) -> None:
+        conns = self.by_user.setdefault(conn.user.id, set())
+        conns.add(conn)
+        if len(conns) == 1:
+            await self._subscribe(self._user_stem + conn.user.id.encode())
+
+    async def remove(self, conn: Conn) -> None:
+        self.flag_watchers.discard(conn)
+        for cid in list(conn.watching):
+            await self.unwatch(conn, cid)
+        conns = self.by_user.get(conn.user.id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.by_user[conn.user.id]
+                await self._unsubscribe(self._user_stem + conn.user.id.encode())
+
+    async def watch(self, conn: Conn, cid: str) -> None:
+        group = self.watchers.setdefault(cid, set())
+        group.add(conn)
+        conn.watching.add(cid)
+        if len(group) == 1:
+            await self._subscribe(self._watch_stem + cid.encode())
+
+    async def unwatch(self, conn: Conn, cid: str) -> None:
+        conn.watching.discard(cid)
+        group = self.watchers.get(cid)
+        if group is not None:
+            group.discard(conn)
+            if not group:
+                del self.watchers[cid]
+                await self._unsubscribe(self._watch_stem + cid.encode())
+
+    def conns_of(self, uid: str) -> set[Conn]:
+        return self.by_user.get(uid, set())
+
+    def send_user(self, uid: str, frame: dict[str, Any]) -> None:
+        text = orjson.dumps(frame).decode()
+        for conn in self.by_user.get(uid, ()):
+            conn.push(text)
+
+    # ---- catching up from the log -----------------------------------------------
+    def fill(self, conn: Conn, cid: str) -> None:
+        if cid not in conn.filling:
+            conn.filling.add(cid)
+            asyncio.get_running_loop().create_task(self._fill(conn, cid))
+
+    async def _fill(self, conn: Conn, cid: str) -> None:
+        """Write every logged message after conn.delivered[cid], in order, then hand back to live delivery."""
+        moderator_view = conn.user.role == "moderator"
+        metrics.GAP_FILLS.inc()
+        try:
+            while not conn.closed:
+                after = conn.delivered.get(cid, 0)
+                batch = await self.chat.read_after(cid, after, FILL_BATCH)
+                epoch = self.epochs.get(cid, "")
+                for m in batch:
+                    conn.push(orjson.dumps(message_frame(cid, epoch, m, moderator_view=moderator_view)).decode())
+                    conn.delivered[cid] = m.seq
+                if len(batch) < FILL_BATCH and conn.seen.get(cid, 0) <= conn.delivered.get(cid, 0):
+                    break
+        except Exception:
+            log.warning("catch-up from the log failed; will retry on the next message or reconnect")
+        finally:
+            conn.filling.discard(cid)
+            conn.seen.pop(cid, None)
+
+    # ---- the pub/sub loop ---------------------------------------------------------
+    async def run(self) -> None:
+        delays = backoff()
+        while not self._stopping:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(*self._wanted())
+                self._pubsub = pubsub
+                self.connected.set()
+                delays = backoff()
+                await self._resync_all()
+                await self._listen(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._stopping:
+                    log.warning("pub/sub link lost (%s); reconnecting", type(exc).__name__)
+            finally:
+                self.connected.clear()
+                self._pubsub = None
+                for fut in self._confirm.values():
+                    if not fut.done():
+                        fut.set_result(None)
+                self._confirm.clear()
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+            if not self._stopping:
+                metrics.PUBSUB_RECONNECTS.inc()
+                await asyncio.sleep(next(delays))
+
+    async def _listen(self, pubsub: Any) -> None:
+        last_pong = time.monotonic()
+        last_ping = 0.0
+        while not self._stopping:
+            now = time.monotonic()
+            if now - last_ping >= self.ping_interval_s:
+                await pubsub.ping()
+                last_ping = now
+            if now - last_pong > self.ping_timeout_s:
+                raise ConnectionError("pub/sub link silent past the ping timeout")
+            msg = await pubsub.get_message(timeout=self.ping_interval_s)
+            if msg is None:
+                continue
+            kind = msg["type"]
+            if kind == "message":
+                last_pong = time.monotonic()
+                self._dispatch(msg["channel"], msg["data"])
+            elif kind == "pong":
+                last_pong = time.monotonic()
+            elif kind == "subscribe":
+                fut = self._confirm.pop(msg["channel"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    async def _resync_all(self) -> None:
+        """After (re)subscribing: catch every connection up from the log and from the control plane."""
+        for uid, conns in list(self.by_user.items()):
+            for conn in list(conns):
+                for cid in list(conn.delivered):
+                    self.fill(conn, cid)
+            if self.on_resync is not None:
+                try:
+                    await self.on_resync(uid)
+                except Exception:
+                    log.warning("re-sync of a user failed")
+        for cid, group in list(self.watchers.items()):
+            for conn in list(group):
+                self.fill(conn, cid)
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        if channel.startswith(self._user_stem):
+            uid = channel[len(self._user_stem):].decode()
+            conns = self.by_user.get(uid)
+            if conns:
+                self._to_user(conns, data)
+        elif channel.startswith(self._watch_stem):
+            cid = channel[len(self._watch_stem):].decode()
+            group = self.watchers.get(cid)
+            if group:
+                self._to_watchers(cid, group, data)
+        elif channel == self._flag_channel:
+            text = data.decode()
+            for conn in list(self.flag_watchers):
+                conn.push(text)
+
+    def _to_user(self, conns: set[Conn], data: bytes) -> None:
+        live = decode_live(data)
+        if live is None:
+            self._control(conns, data)
+            return
+        self.epochs.setdefault(live.cid, live.epoch)
+        text = orjson.dumps(message_frame(live.cid, live.epoch, live)).decode()
+        metrics.DELIVERED.inc(len(conns))
+        for conn in list(conns):
+            if not conn.deliver(live.cid, live.seq, text):
+                self.fill(conn, live.cid)
+
+    def _to_watchers(self, cid: str, group: set[Conn], data: bytes) -> None:
+        live = decode_live(data)
+        if live is None:
+            return
+        text = orjson.dumps(message_frame(cid, live.epoch, live, moderator_view=True)).decode()
+        for conn in list(group):
+            if not conn.deliver(cid, live.seq, text):
+                self.fill(conn, cid)
+
+    def _control(self, conns: set[Conn], data: bytes) -> None:
+        """A JSON frame from a matcher or moderation script: note what changes local state, forward it."""
+        frame = orjson.loads(data)
+        kind = frame.get("type")
+        text = data.decode()
+        for conn in list(conns):
+            if kind == "matched":
+                cid = frame["conversation_id"]
+                self.epochs[cid] = frame.get("epoch", "")
+                if cid in conn.delivered:
+                    continue
+                conn.delivered[cid] = 0
+                conn.position = None
+            elif kind == "queued":
+                if conn.position == frame.get("position"):
+                    continue
+                conn.position = frame.get("position")
+            elif kind == "cancelled":
+                conn.position = None
+            elif kind == "ended":
+                conn.delivered.pop(frame["conversation_id"], None)
+            conn.push(text)
+            if kind == "suspended":
+                conn.close(CloseCode.SUSPENDED, "suspended by a moderator")
+
+    def stop(self) -> None:
+        self._stopping = True

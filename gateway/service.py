@@ -1,0 +1,397 @@
+"""The gateway's use cases: one method per client frame, over the matcher and chat adapters.
+
+Handlers validate what needs the vocabulary or state, call the adapters
+(which decide atomically in Redis), and push frames.  They raise
+ServiceError; only :mod:`gateway.app` turns errors into frames or closes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chat.moderation import Moderator, RuleSet, Verdict
+from chat.retention import purge_expired
+from chat.store import Appended, ChatStore, message_frame
+from gateway import metrics
+from gateway.auth import Identity
+from gateway.connection import Conn
+from gateway.errors import ErrorCode, ServiceError
+from gateway.hub import Hub
+from gateway.keys import Keys
+from gateway.limits import TokenBucket
+from gateway.settings import Settings
+from matcher.profile import parse_profile
+from matcher.store import Created, MatchStore, MatcherConfig
+from matcher.vocabulary import load_vocabulary
+
+log = logging.getLogger("aftertalk.service")
+Handler = Callable[[Conn, dict[str, Any]], Awaitable[None]]
+STORE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def unavailable() -> ServiceError:
+    return ServiceError(ErrorCode.UNAVAILABLE, "The service store is unreachable; nothing was saved. Try again.")
+
+
+class Service:
+    def __init__(self, settings: Settings, redis: Any, redis_bytes: Any) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.key_prefix)
+        self.match = MatchStore(redis, self.keys, MatcherConfig(
+            offer_timeout_s=settings.offer_timeout_s, grace_s=settings.grace_period_s,
+            cooldown_s=settings.survivor_cooldown_s, daily_cap=settings.survivor_daily_cap,
+            offers_per_patient_hour=settings.offers_per_patient_hour, presence_ttl_s=settings.presence_ttl_s))
+        self.chat = ChatStore(redis, self.keys)
+        self.hub = Hub(redis_bytes, self.keys, self.chat)
+        self.hub.on_resync = self.resync_user
+        self.vocabulary = load_vocabulary()
+        self.moderator = Moderator(RuleSet.load(settings.moderation_rules_path or None),
+                                   mask_contact_info=settings.mask_contact_info)
+        self.gateway_id = secrets.token_hex(4)
+        self.handlers: dict[str, Handler] = {
+            "ping": self.on_ping, "availability": self.on_availability, "talk_now": self.on_talk_now,
+            "cancel": self.on_cancel, "accept": self.on_accept, "decline": self.on_decline,
+            "send": self.on_send, "history": self.on_history, "typing": self.on_typing,
+            "end": self.on_end, "block": self.on_block, "feedback": self.on_feedback,
+        }
+        # moderation registers its handlers and this hook (gateway.safety)
+        self.on_flagged: Callable[[Conn, str, Appended, Verdict], Awaitable[None]] | None = None
+        self.may_watch: Callable[[str], Awaitable[bool]] = self._never
+        self._send_buckets: dict[str, TokenBucket] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @staticmethod
+    async def _never(cid: str) -> bool:
+        return False
+
+    # ---- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.hub.run()), loop.create_task(self._housekeeping()),
+                       loop.create_task(self._presence_loop())]
+
+    async def stop(self) -> None:
+        self.hub.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _housekeeping(self) -> None:
+        """Every ~0.5 s: matcher tick; every second: queue positions; every minute: retention."""
+        n = 0
+        while True:
+            await asyncio.sleep(0.5)
+            n += 1
+            try:
+                _, created = await self.match.tick()
+                await self.open_created(created)
+                if n % 2 == 0:
+                    await self._push_positions()
+                if n % 120 == 1:
+                    now = (await self.redis.time())[0]
+                    await purge_expired(self.redis, self.keys, now_s=now,
+                                        retention_s=self.settings.retention_days * 86400)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("housekeeping skipped: %s", type(exc).__name__)
+
+    async def _presence_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.presence_ttl_s / 3)
+            members = [f"{uid}|{c.id}" for uid, conns in self.hub.by_user.items() for c in conns]
+            try:
+                await self.match.refresh_presence(members)
+            except Exception as exc:
+                log.debug("presence refresh skipped: %s", type(exc).__name__)
+
+    async def _push_positions(self) -> None:
+        waiting = [c for conns in self.hub.by_user.values() for c in conns if c.position is not None]
+        if not waiting:
+            return
+        positions = await self.match.queue_positions([c.user.id for c in waiting])
+        estimate = await self.match.wait_estimate()
+        for conn, pos in zip(waiting, positions):
+            if pos is not None and pos != conn.position:
+                conn.position = pos
+                conn.push(orjson.dumps({"type": "queued", "position": pos,
+                                        "estimated_wait_s": round(estimate * pos)}).decode())
+
+    async def open_created(self, created: list[Created]) -> None:
+        for c in created:
+            metrics.MATCHES.inc()
+            metrics.MATCH_LATENCY.observe(max(0.0, c.wait_s))
+            await self.chat.open(c.id, epoch=c.epoch, patient=(c.patient, c.patient_name),
+                                 survivor=(c.survivor, c.survivor_name))
+
+    # ---- sessions -------------------------------------------------------------------
+    def new_conn(self, ws: Any, user: Identity, on_slow: Callable[[Conn], None]) -> Conn:
+        now = time.monotonic()
+        s = self.settings
+        sends = self._send_buckets.get(user.id)
+        if sends is None:
+            sends = self._send_buckets[user.id] = TokenBucket(s.send_rate_per_s, s.send_burst, now)
+        return Conn(ws, user, secrets.token_hex(6), outbox_limit=s.outbox_limit,
+                    frames=TokenBucket(s.frames_per_s, s.frames_burst, now), sends=sends, on_slow=on_slow)
+
+    async def open_session(self, conn: Conn, resume: dict[str, tuple[int, str | None]]) -> None:
+        """Subscribe, register presence, send welcome, replay what a resuming client missed."""
+        uid = conn.user.id
+        conn.filling.add("*")            # hold live messages of every conversation until the welcome is out
+        try:
+            await self.hub.add(conn)
+            await self.open_created(await self.match.connected(uid, conn.id))
+            state = await self.match.user_state(uid, conn.user.role)
+            if conn.user.role == "survivor":
+                state["offers"] = await self._pending_offers(uid)
+            metas = await asyncio.gather(*(self.chat.meta(c["conversation_id"]) for c in state["conversations"]))
+        except STORE_ERRORS:
+            raise unavailable() from None
+        failed: list[dict[str, Any]] = []
+        for conv, meta in zip(state["conversations"], metas):
+            cid = conv["conversation_id"]
+            conv["last_seq"] = meta.seq if meta else 0
+            self.hub.epochs[cid] = conv["epoch"]
+            if cid in resume:
+                seq, epoch = resume.pop(cid)
+                if epoch is not None and epoch != conv["epoch"]:
+                    failed.append({"conversation_id": cid, "reason": "epoch_changed"})
+                    seq = 0
+                conn.delivered[cid] = seq
+            else:
+                conn.delivered[cid] = conv["last_seq"]
+        # resumed conversations that are not open for this user: ended ones may still be read
+        for cid, (seq, epoch) in resume.items():
+            meta = await self.chat.meta(cid)
+            if meta and meta.participant(uid) and (epoch is None or epoch == meta.epoch):
+                self.hub.epochs[cid] = meta.epoch
+                conn.delivered[cid] = seq
+            elif epoch is not None:
+                failed.append({"conversation_id": cid, "reason": "log_unavailable"})
+            else:
+                conn.push(orjson.dumps({"type": "error", "code": "forbidden", "ref": "hello",
+                                        "message": "You are not part of that conversation.",
+                                        "conversation_id": cid}).decode())
+        welcome = {"type": "welcome", "user": conn.user.public(), **state, "gateway": self.gateway_id,
+                   "limits": {"max_text_chars": self.settings.max_text_chars,
+                              "max_frame_bytes": self.settings.max_frame_bytes,
+                              "offer_timeout_s": self.settings.offer_timeout_s}}
+        conn.push(orjson.dumps(welcome).decode())
+        for f in failed:
+            conn.push(orjson.dumps({"type": "error", "code": "recovery_failed", "ref": "hello",
+                                    "message": "This conversation's history could not be restored from where you "
+                                               "left it; reload the transcript.", **f}).decode())
+        if "request" in state and state["request"]["position"]:
+            conn.position = state["request"]["position"]
+        conn.filling.discard("*")
+        for cid in list(conn.delivered):
+            self.hub.fill(conn, cid)     # replays seq > delivered, then hands over to live delivery
+
+    async def _pending_offers(self, sid: str) -> list[dict[str, Any]]:
+        oids = await self.redis.smembers(f"{self.keys.survivor(sid)}:offers")
+        out = []
+        now = (await self.redis.time())[0]
+        for oid in sorted(oids):
+            of = await self.redis.hgetall(self.keys.offer(oid))
+            if of:
+                out.append({"type": "offer", "offer_id": oid, "patient": {"name": of["pname"]},
+                            "shared": orjson.loads(of["shared"]),
+                            "expires_in_s": max(0, round(float(of["expires"]) - now))})
+        return out
+
+    async def resync_user(self, uid: str) -> None:
+        """After a pub/sub outage: replay matches and offers this process may have missed."""
+        conns = self.hub.conns_of(uid)
+        if not conns:
+            return
+        role = next(iter(conns)).user.role
+        state = await self.match.user_state(uid, role)
+        offers = await self._pending_offers(uid) if role == "survivor" else []
+        for conn in list(conns):
+            for conv in state["conversations"]:
+                cid = conv["conversation_id"]
+                if cid not in conn.delivered:
+                    conn.delivered[cid] = 0
+                    conn.push(orjson.dumps({"type": "matched", "conversation_id": cid, "epoch": conv["epoch"],
+                                            "peer": conv["peer"], "shared": conv["shared"]}).decode())
+                    self.hub.fill(conn, cid)
+            for offer in offers:
+                conn.push(orjson.dumps(offer).decode())
+
+    async def close_session(self, conn: Conn) -> None:
+        conn.closed = True
+        await self.hub.remove(conn)
+        try:
+            await self.open_created(await self.match.disconnected(conn.user.id, conn.id))
+        except Exception:
+            pass    # the presence lease expires by itself and the tick cleans up
+
+    async def dispatch(self, conn: Conn, frame: dict[str, Any]) -> None:
+        try:
+            await self.handlers[frame["type"]](conn, frame)
+        except STORE_ERRORS:
+            raise unavailable() from None
+
+    # ---- frames ---------------------------------------------------------------------
+    async def on_ping(self, conn: Conn, frame: dict[str, Any]) -> None:
+        conn.push('{"type":"pong"}')
+
+    async def on_availability(self, conn: Conn, frame: dict[str, Any]) -> None:
+        s, user = self.settings, conn.user
+        max_chats = frame.get("max_chats") or 1
+        if not 1 <= max_chats <= s.max_chats_limit:
+            raise ServiceError(ErrorCode.BAD_FRAME, f"'max_chats' must be 1 to {s.max_chats_limit}.", field="max_chats")
+        if frame.get("profile") is not None:
+            profile = parse_profile(frame["profile"], self.vocabulary)
+        else:
+            stored = (await self.match.user_state(user.id, user.role)).get("availability")
+            if stored is None:
+                raise ServiceError(ErrorCode.INVALID_PROFILE, "Send your profile with your first availability.")
+            profile = parse_profile(stored["profile"], self.vocabulary)
+        state, created = await self.match.set_availability(
+            user.id, user.name, available=frame["available"], profile=profile, max_chats=max_chats,
+            auto_accept=bool(frame.get("auto_accept")))
+        await self.open_created(created)
+        self.hub.send_user(user.id, {"type": "availability", "available": state["available"],
+                                     "max_chats": state["max_chats"], "auto_accept": state["auto_accept"],
+                                     "profile": profile.as_json(), "active": state["active"],
+                                     "pending": state["pending"]})
+
+    async def on_talk_now(self, conn: Conn, frame: dict[str, Any]) -> None:
+        profile = parse_profile(frame["profile"], self.vocabulary)
+        hold = frame.get("prefer_same_diagnosis_s") or 0
+        if not 0 <= hold <= 3600:
+            raise ServiceError(ErrorCode.BAD_FRAME, "'prefer_same_diagnosis_s' must be 0 to 3600.")
+        if hold and not profile.diagnoses:
+            raise ServiceError(ErrorCode.INVALID_PROFILE, "Holding out for a same-diagnosis peer needs a diagnosis.")
+        state, created = await self.match.talk_now(conn.user.id, conn.user.name, profile,
+                                                   prefer_same_diagnosis_s=hold)
+        await self.open_created(created)
+
+    async def on_cancel(self, conn: Conn, frame: dict[str, Any]) -> None:
+        await self.match.cancel(conn.user.id)
+
+    async def on_accept(self, conn: Conn, frame: dict[str, Any]) -> None:
+        _, created = await self.match.respond(conn.user.id, frame["offer_id"], accept=True)
+        await self.open_created(created)
+
+    async def on_decline(self, conn: Conn, frame: dict[str, Any]) -> None:
+        _, created = await self.match.respond(conn.user.id, frame["offer_id"], accept=False)
+        await self.open_created(created)
+        self.hub.send_user(conn.user.id, {"type": "declined", "offer_id": frame["offer_id"]})
+
+    async def _ensure_chat(self, cid: str, uid: str) -> bool:
+        """Open a conversation's log from the matcher's record if the matching gateway died before it could."""
+        cv = await self.match.conversation(cid)
+        if not cv or uid not in (cv["patient"], cv["survivor"]) or cv.get("state") != "open":
+            return False
+        await self.chat.open(cid, epoch=cv["epoch"], patient=(cv["patient"], cv["patient_name"]),
+                             survivor=(cv["survivor"], cv["survivor_name"]))
+        return True
+
+    async def on_send(self, conn: Conn, frame: dict[str, Any]) -> None:
+        cid, client_id, text = frame["conversation_id"], frame["client_id"], frame["text"]
+        ref = {"client_id": client_id, "conversation_id": cid}
+        if len(text) > self.settings.max_text_chars:
+            raise ServiceError(ErrorCode.TOO_LARGE, f"Messages are at most {self.settings.max_text_chars} characters.",
+                               **ref)
+        if not text.strip():
+            raise ServiceError(ErrorCode.BAD_FRAME, "A message needs some text.", **ref)
+        if not conn.sends.take(time.monotonic()):
+            raise ServiceError(ErrorCode.RATE_LIMITED, "You are sending quickly; this message was not sent. "
+                               "Send it again in a moment.", retry_after_s=1, **ref)
+        verdict = self.moderator.check(text) if self.settings.moderation else None
+        shown = verdict.shown_text if verdict else text
+        flags = ",".join(verdict.categories) if verdict else ""
+        user = conn.user
+        try:
+            appended = await self._append(cid, user, client_id, text, shown, flags)
+        except ServiceError as exc:
+            exc.data.update(ref)
+            raise
+        metrics.MESSAGES.inc()
+        conn.push(orjson.dumps({"type": "ack", "conversation_id": cid, "client_id": client_id,
+                                "seq": appended.seq, "ts": appended.ts, "epoch": appended.epoch}).decode())
+        if verdict is not None and verdict.flagged and not appended.duplicate and self.on_flagged is not None:
+            await self.on_flagged(conn, cid, appended, verdict)
+
+    async def _append(self, cid: str, user: Identity, client_id: str, text: str, shown: str, flags: str) -> Appended:
+        kwargs = dict(sender_id=user.id, name=user.name, role=user.role, client_id=client_id,
+                      text=text, shown=shown, flags=flags)
+        try:
+            return await self.chat.append(cid, **kwargs)
+        except ServiceError as exc:
+            if exc.code != ErrorCode.FORBIDDEN or not await self._ensure_chat(cid, user.id):
+                raise
+        return await self.chat.append(cid, **kwargs)
+
+    async def _participant_meta(self, cid: str, uid: str):
+        meta = await self.chat.meta(cid)
+        if meta is None and await self._ensure_chat(cid, uid):
+            meta = await self.chat.meta(cid)
+        if meta is None or not meta.participant(uid):
+            raise ServiceError(ErrorCode.FORBIDDEN, "You are not part of that conversation.", conversation_id=cid)
+        return meta
+
+    async def on_history(self, conn: Conn, frame: dict[str, Any]) -> None:
+        cid = frame["conversation_id"]
+        limit = frame.get("limit") or self.settings.history_limit
+        if not 1 <= limit <= 200:
+            raise ServiceError(ErrorCode.BAD_FRAME, "'limit' must be 1 to 200.", field="limit")
+        before = frame.get("before_seq")
+        if conn.user.role == "moderator":
+            meta = await self.chat.meta(cid)
+            if meta is None or not await self.may_watch(cid):
+                raise ServiceError(ErrorCode.FORBIDDEN, "That conversation is not open to moderators.",
+                                   conversation_id=cid)
+        else:
+            meta = await self._participant_meta(cid, conn.user.id)
+        messages = await self.chat.history(cid, before, limit)
+        moderator_view = conn.user.role == "moderator"
+        conn.push(orjson.dumps({
+            "type": "history", "conversation_id": cid, "epoch": meta.epoch, "state": meta.state,
+            "messages": [message_frame(cid, meta.epoch, m, moderator_view=moderator_view) for m in messages],
+            "has_more": bool(messages) and messages[0].seq > 1}).decode())
+
+    async def on_typing(self, conn: Conn, frame: dict[str, Any]) -> None:
+        cid = frame["conversation_id"]
+        if cid not in conn.delivered:
+            raise ServiceError(ErrorCode.FORBIDDEN, "You are not part of that conversation.", conversation_id=cid)
+        now = time.monotonic()
+        if now - conn.typing_at.get(cid, 0.0) < self.settings.typing_interval_s:
+            return                  # typing is a hint: extra ones are dropped, never stored
+        conn.typing_at[cid] = now
+        meta = await self._participant_meta(cid, conn.user.id)
+        if meta.ended:
+            return
+        await self.redis.publish(self.keys.user_channel(meta.peer_of(conn.user.id)), orjson.dumps(
+            {"type": "typing", "conversation_id": cid, "from": {"name": conn.user.name, "role": conn.user.role}}))
+
+    async def _end(self, conn: Conn, cid: str, *, block: bool, reason: str = "") -> None:
+        out, created = await self.match.end(cid, conn.user.id, conn.user.role, block=block, reason=reason)
+        await self.open_created(created)
+        await self.chat.end(cid, conn.user.id)
+
+    async def on_end(self, conn: Conn, frame: dict[str, Any]) -> None:
+        await self._end(conn, frame["conversation_id"], block=False)
+
+    async def on_block(self, conn: Conn, frame: dict[str, Any]) -> None:
+        await self._end(conn, frame["conversation_id"], block=True)
+        conn.push(orjson.dumps({"type": "blocked", "conversation_id": frame["conversation_id"]}).decode())
+
+    async def on_feedback(self, conn: Conn, frame: dict[str, Any]) -> None:
+        rating, comment = frame["rating"], frame.get("comment") or ""
+        if not 1 <= rating <= 5:
+            raise ServiceError(ErrorCode.BAD_FRAME, "'rating' must be 1 to 5.", field="rating")
+        if len(comment) > 2000:
+            raise ServiceError(ErrorCode.TOO_LARGE, "Feedback comments are at most 2000 characters.")
+        await self.chat.feedback(frame["conversation_id"], conn.user.id, rating, comment)
+        conn.push(orjson.dumps({"type": "feedback_saved", "conversation_id": frame["conversation_id"]}).decode())
