@@ -168,6 +168,8 @@ class Edge:
                 await service.open_session(conn, resume)
             except ServiceError as exc:
                 self._error(conn, exc, "hello")
+                conn.close(CloseCode.TRY_AGAIN, "the service store is unreachable; reconnect shortly")
+                return
             await self._loop(ws, conn)
         finally:
             metrics.CONNECTIONS.labels(user.role).dec()
@@ -176,7 +178,10 @@ class Edge:
     async def _loop(self, ws: WebSocket, conn: Conn) -> None:
         service = self.service
         while not conn.closed:
-            msg = await ws.receive()
+            try:
+                msg = await ws.receive()
+            except (RuntimeError, WebSocketDisconnect):   # closed under us (suspension, slow reader)
+                return
             if msg["type"] == "websocket.disconnect":
                 return
             text = msg.get("text")

@@ -52,6 +52,7 @@ class Conn:
             return
         if len(self.outbox) >= self.limit:
             self.on_slow(self)
+            self.outbox.clear()
             self.close(CloseCode.SLOW_CONSUMER, "too slow: reconnect and resume")
             return
         self.outbox.append(text)
@@ -60,24 +61,28 @@ class Conn:
 
     async def _drain(self) -> None:
         try:
-            while self.outbox and not self.closed:
+            while self.outbox:
                 await self.ws.send_text(self.outbox.popleft())
         except Exception:  # the socket went away; the receive loop will notice and clean up
             self.closed = True
+            self.outbox.clear()
         finally:
             self.writer = None
 
     def close(self, code: int, reason: str) -> None:
-        """Close from anywhere without awaiting (suspension, slow consumer, shutdown)."""
+        """Close from anywhere without awaiting (suspension, slow consumer, shutdown).
+
+        Frames already queued (an error, the ``suspended`` notice) are written first, briefly."""
         if self.closed:
             return
         self.closed = True
         self.close_code = code
-        self.outbox.clear()
         asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         try:
+            if self.writer is not None:
+                await asyncio.wait_for(asyncio.shield(self.writer), 2.0)
             await self.ws.close(code, reason)
         except Exception:
             pass

@@ -34,6 +34,7 @@ class CloseCode(IntEnum):
     POLICY = 1008             # Origin not allowed
     TOO_BIG = 1009            # frame larger than the maximum frame size
     INTERNAL = 1011           # unexpected server error
+    TRY_AGAIN = 1013          # the store is unreachable right now: reconnect with backoff and resume
     UNAUTHORIZED = 4401       # no hello, bad/expired/forged token, or a frame before hello
     SUSPENDED = 4403          # the user was suspended by a moderator
     TOO_MANY = 4429           # too many connections for this user or address, or frames far over the rate

@@ -24,6 +24,9 @@ class Keys:
     def survivor(self, uid: str) -> str:          # hash: profile, capacity, counters
         return f"{self.ctl}sv:{uid}"
 
+    def survivor_offers(self, uid: str) -> str:   # set of a survivor's pending offer ids
+        return f"{self.ctl}sv:{uid}:offers"
+
     def request(self, uid: str) -> str:           # hash: a patient's talk-now request
         return f"{self.ctl}rq:{uid}"
 

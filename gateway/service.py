@@ -196,7 +196,7 @@ class Service:
             self.hub.fill(conn, cid)     # replays seq > delivered, then hands over to live delivery
 
     async def _pending_offers(self, sid: str) -> list[dict[str, Any]]:
-        oids = await self.redis.smembers(f"{self.keys.survivor(sid)}:offers")
+        oids = await self.redis.smembers(self.keys.survivor_offers(sid))
         out = []
         now = (await self.redis.time())[0]
         for oid in sorted(oids):
@@ -229,6 +229,8 @@ class Service:
     async def close_session(self, conn: Conn) -> None:
         conn.closed = True
         await self.hub.remove(conn)
+        if not self.hub.conns_of(conn.user.id):
+            self._send_buckets.pop(conn.user.id, None)
         try:
             await self.open_created(await self.match.disconnected(conn.user.id, conn.id))
         except Exception:

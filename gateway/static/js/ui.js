@@ -1,0 +1,131 @@
+// DOM helpers.  Every piece of text goes in through textContent or a text node:
+// nothing in this client ever assigns innerHTML, so text a person typed can never become markup.
+
+/**
+ * Create an element.  props: {class, text, hidden, on: {event: fn}, attrs: {name: value}, ...properties};
+ * children: nodes, strings (as text nodes), arrays, or null/false (skipped).
+ */
+export function h(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key === "on") for (const [event, fn] of Object.entries(value)) node.addEventListener(event, fn);
+    else if (key === "attrs") for (const [name, v] of Object.entries(value)) { if (v !== null && v !== undefined) node.setAttribute(name, String(v)); }
+    else if (key.startsWith("aria-") || key.startsWith("data-") || key === "role" || key === "for") node.setAttribute(key, String(value));
+    else node[key] = value;
+  }
+  append(node, children);
+  return node;
+}
+
+function append(node, children) {
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    if (Array.isArray(child)) append(node, child);
+    else node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+}
+
+/** Replace a node's children (text or nodes). */
+export function fill(node, ...children) {
+  node.replaceChildren();
+  append(node, children);
+  return node;
+}
+
+let uid = 0;
+/** A unique id for label/aria wiring. */
+export function nextId(stem = "f") {
+  uid += 1;
+  return `${stem}-${uid}`;
+}
+
+/** A labelled control: returns {row, input}. */
+export function field(label, input, hint) {
+  input.id ||= nextId("in");
+  const hintNode = hint ? h("p", { class: "hint", id: nextId("hint"), text: hint }) : null;
+  if (hintNode) input.setAttribute("aria-describedby", hintNode.id);
+  return { row: h("div", { class: "field" }, h("label", { for: input.id, text: label }), input, hintNode), input };
+}
+
+/** A fieldset of checkboxes from [{code, label}]; returns {set, values()} . */
+export function checkboxGroup(legend, items, checked = [], { name } = {}) {
+  const chosen = new Set(checked);
+  const boxes = items.map((item) => {
+    const box = h("input", { type: "checkbox", name: name || legend, value: item.code, checked: chosen.has(item.code) });
+    box.id = nextId("cb");
+    return { box, row: h("div", { class: "check" }, box, h("label", { for: box.id, text: item.label })) };
+  });
+  const set = h("fieldset", { class: "checks" }, h("legend", { text: legend }),
+    h("div", { class: "check-grid" }, boxes.map((b) => b.row)));
+  return { set, values: () => boxes.filter((b) => b.box.checked).map((b) => b.box.value) };
+}
+
+/** A button that asks "are you sure?" in place (no window.confirm: calm, and keyboard friendly). */
+export function confirmButton(label, question, onConfirm, { cls = "secondary", yes = "Yes", no = "Cancel" } = {}) {
+  const wrap = h("span", { class: "confirm" });
+  const first = h("button", { type: "button", class: cls, text: label });
+  const ask = () => {
+    const yesBtn = h("button", { type: "button", class: "danger", text: yes, on: { click: () => { reset(); onConfirm(); } } });
+    const noBtn = h("button", { type: "button", class: "secondary", text: no, on: { click: () => { reset(); first.focus(); } } });
+    fill(wrap, h("span", { class: "question", text: question }), yesBtn, noBtn);
+    yesBtn.focus();
+  };
+  const reset = () => fill(wrap, first);
+  first.addEventListener("click", ask);
+  fill(wrap, first);
+  return wrap;
+}
+
+/** Say something to screen readers without moving focus. */
+export function announce(text) {
+  const region = document.getElementById("announcer");
+  if (!region) return;
+  region.textContent = "";
+  // a fresh text node on the next frame makes repeated announcements audible
+  requestAnimationFrame(() => { region.textContent = text; });
+}
+
+/** Labels for vocabulary codes, with the code itself as the fallback. */
+export function labeller(vocabulary) {
+  const maps = {};
+  for (const kind of ["diagnoses", "side_effects", "languages"]) {
+    maps[kind] = new Map((vocabulary?.[kind] || []).map((item) => [item.code, item.label]));
+  }
+  return (kind, code) => maps[kind]?.get(code) || code;
+}
+
+export function clock(ts) {
+  const d = new Date(ts);
+  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+/** "just now", "3 min ago", "2 h ago" for a millisecond timestamp. */
+export function ago(ts, now = Date.now()) {
+  const s = Math.max(0, Math.round((now - ts) / 1000));
+  if (s < 45) return "just now";
+  const m = Math.round(s / 60);
+  if (m < 60) return `${m} min ago`;
+  const hrs = Math.round(m / 60);
+  if (hrs < 48) return `${hrs} h ago`;
+  return `${Math.round(hrs / 24)} days ago`;
+}
+
+/** "about 40 s", "about 3 min" for a wait estimate in seconds. */
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "a moment";
+  if (seconds < 60) return `about ${Math.max(5, Math.round(seconds / 5) * 5)} s`;
+  return `about ${Math.round(seconds / 60)} min`;
+}
+
+/** Only http(s) links from configuration become hrefs. */
+export function safeUrl(url) {
+  try {
+    const u = new URL(String(url), window.location.href);
+    return u.protocol === "https:" || u.protocol === "http:" ? u.href : null;
+  } catch {
+    return null;
+  }
+}
