@@ -1,15 +1,17 @@
-"""Rule-based moderation of chat messages: every message passes through ``Moderator.check``
-on the gateway's hot path before it is delivered, so everything is compiled once up front and
-clean text takes a cheap path (a few C-level regex passes and one set intersection).
+"""Rule-based moderation of chat messages. Every message passes through ``Moderator.check`` on
+the gateway's hot path before it is delivered, so all rules are compiled once and a clean message
+costs a few C-level string operations, set look-ups and gated regex scans.
 
-Two kinds of rules, both per category (``chat/data/moderation_rules.json``):
+Rules live in ``chat/data/moderation_rules.json`` (its ``_doc`` field is the reference), per
+category, in two kinds:
 
-* **phrases** run on a *canonical* form of the text, which makes them whole-word, case- and
-  accent-insensitive and robust to light obfuscation: NFKD + combining marks stripped, casefold,
-  leetspeak inside words (``k1ll mys3lf``; 0>o 1>i|l 3>e 4>a 5>s 7>t @>a $>s), apostrophes
-  dropped (``don't`` == ``dont``), every other non-letter becomes a space (``s.u.i.c.i.d.e``),
-  runs of one-letter words are also tried glued together (``k i l l myself``), and repeated
-  characters are collapsed (``kiiiill`` == ``kill`` == ``kil``). Phrase syntax::
+* **phrases** are matched as whole words on a *canonical* form of the text, which makes them
+  case- and accent-insensitive and robust to light obfuscation: NFKD with combining marks
+  stripped (also maps full-width forms), casefold, leetspeak inside words (``k1ll mys3lf``;
+  0>o 1>i or l 3>e 4>a 5>s 7>t @>a $>s), apostrophes dropped (``don't`` == ``dont``), any other
+  non-letter becomes a word break (``s.u.i.c.i.d.e`` -> ``s u i c i d e``), runs of one-letter
+  words are also tried glued (``k i l l myself``), repeated letters collapsed (``kiiiill`` ==
+  ``kill`` == ``kil``). Phrase syntax::
 
       word            a literal word, canonicalised like the text
       (a|b c|d)       alternatives; an empty alternative ``(a|)`` makes the group optional
@@ -18,16 +20,21 @@ Two kinds of rules, both per category (``chat/data/moderation_rules.json``):
       ...             zero to three arbitrary words
       !(a|b) / !a     the next words must NOT be these (only after a required word)
 
-  A match is ignored when the text just before it ends with one of the category's
-  ``unless_after`` contexts, or a shared ``negators`` context if the category is ``negatable``
-  ("I don't want to die", "don't skip the radiation", "my oncologist said to stop the steroids").
-* **patterns** are regexes (case-insensitive) run on the original text; their spans are exact,
-  so a category with ``"mask": true`` (contact_info) can be blanked out of the delivered text.
-  A pattern may name a ``check`` (see ``_CHECKS``) that vets each match in Python.
+  A match is dropped when the text right before it ends with one of the category's
+  ``unless_after`` contexts (same syntax), or with a shared ``negators`` context if the category
+  is ``negatable``: "I don't want to die", "don't skip the radiation", "my oncologist said to
+  stop the steroids".
+* **patterns** are case-insensitive regexes on the original text, so their spans are exact and
+  a ``"mask": true`` category (contact_info) can be cut out of the delivered text. A pattern may
+  name a Python ``check`` that vets each match (``_CHECKS``) and a ``gate`` (regex on the
+  casefolded text; plain strings use ``in``) and/or ``gate_words``: it only runs when a gate
+  passes. Gates are what keeps the cost of ``re`` scanning off clean messages.
 
-To keep the hot path cheap, each phrase rule is indexed by the words every match must contain;
-its regex only runs when the message has one of those words. One ``Hit`` per category: the
-first rule in file order that fired (patterns before phrases).
+Phrases are indexed by their rarest required words (``_score``): a phrase's regex runs only when
+the message has one of those words and a word from each of its other required sets.
+
+One ``Hit`` per category: the first rule in file order that fired, patterns before phrases.
+Hits are ordered by severity, then by category order in the file.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -81,6 +88,8 @@ class PatternRule:
     id: str
     regex: str
     check: str | None = None
+    gate: str | None = None  # regex on the casefolded text that must match for ``regex`` to run
+    gate_words: tuple[str, ...] = ()  # ... or one of these words must be in the message
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +112,18 @@ class RuleSet:
     @classmethod
     def load(cls, override_path: str | None = None) -> RuleSet:
         """The packaged rules, then an optional per-deployment override file of the same shape:
-        its phrases/patterns/unless_after/negators are added (a phrase entry with an existing id
-        extends that rule), ``severity``/``mask``/``negatable`` replace, new categories are
-        created, and ``"disable": ["category.rule", ...]`` removes rules."""
+        its phrases/unless_after/negators are added (a phrase entry with an existing id extends
+        that rule), patterns replace those with the same id, ``severity``/``mask``/``negatable``
+        replace, new categories are created, and ``"disable": ["category.rule", ...]`` removes
+        rules. Raises ValueError for invalid rules, so a bad override fails at startup."""
         base = (resources.files("chat") / "data" / "moderation_rules.json").read_text(encoding="utf-8")
         doc = json.loads(base)
-        if override_path:
-            doc = _merge(doc, json.loads(Path(override_path).read_text(encoding="utf-8")))
-        return cls.from_dict(doc)
+        try:
+            if override_path:
+                doc = _merge(doc, json.loads(Path(override_path).read_text(encoding="utf-8")))
+            return cls.from_dict(doc)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"moderation rules: malformed ({exc!r})") from exc
 
     @classmethod
     def from_dict(cls, doc: dict) -> RuleSet:
@@ -119,7 +132,8 @@ class RuleSet:
             if spec.get("severity") not in SEVERITY_RANK:
                 raise ValueError(f"moderation rules: {name}: bad severity {spec.get('severity')!r}")
             phrases = tuple(PhraseRule(*_phrase_entry(e)) for e in spec.get("phrases", ()))
-            patterns = tuple(PatternRule(p["id"], p["regex"], p.get("check")) for p in spec.get("patterns", ()))
+            patterns = tuple(PatternRule(p["id"], p["regex"], p.get("check"), p.get("gate"), tuple(p.get("gate_words", ())))
+                             for p in spec.get("patterns", ()))
             ids = [r.id for r in phrases + patterns]
             if len(ids) != len(set(ids)):
                 raise ValueError(f"moderation rules: {name}: duplicate rule ids")
@@ -132,7 +146,7 @@ class RuleSet:
 
 def _phrase_entry(entry: str | dict) -> tuple[str, tuple[str, ...]]:
     if isinstance(entry, str):  # a bare phrase: its id is derived from the text
-        return re.sub(r"[^a-z0-9]+", "_", _canon_word(entry)).strip("_") or "phrase", (entry,)
+        return re.sub(r"[^a-z0-9]+", "_", _fold(entry)).strip("_") or "phrase", (entry,)
     match = entry["match"]
     return entry["id"], (match,) if isinstance(match, str) else tuple(match)
 
@@ -164,67 +178,124 @@ def _merge(base: dict, over: dict) -> dict:
 # --------------------------------------------------------------------------- canonical text
 
 _COMBINING = re.compile(r"[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+_DROP_APOSTROPHES = str.maketrans("", "", "'\u2019\u2018`\u00b4")
+_ASCII_PUNCT = str.maketrans({c: " " for c in map(chr, range(128)) if not c.isalnum() and c not in "@$"})
+_TOKENS = re.compile(r"(?:[^\W_]|[@$])+")  # words, keeping @ and $ for leetspeak
 _LEET_HINT = re.compile(r"[a-z][0-9@$]|[0-9@$][a-z]")
-_LEET_WORD = re.compile(r"[a-z0-9@$]*(?:[a-z][0-9@$]|[0-9@$][a-z])[a-z0-9@$]*")
-_LEET_I = str.maketrans("013457@$", "oieastas")
-_LEET_L = str.maketrans("013457@$", "oleastas")
-_APOSTROPHES = re.compile(r"['\u2019\u2018`\u00b4]")
-_NON_WORD = re.compile(r"[\W_]+")
+_LEET_I, _LEET_L = str.maketrans("013457@$", "oieastas"), str.maketrans("013457@$", "oleastas")
 _REPEATS = re.compile(r"(.)\1+")
-_SPACED = re.compile(r"\b[a-z](?: [a-z]\b){2,}")  # "s u i c i d e" (after punctuation became spaces)
+_SINGLES = frozenset("abcdefghijklmnopqrstuvwxyz")
+_CACHE: dict[str, str] = {}  # raw token -> canonical token; chat vocabulary is small, so this stays hot
+_ONE_AS_L: dict[str, str] = {}  # raw tokens with a leet "1", read as "l" instead of "i"
 
 
 def _fold(text: str) -> str:
+    """Accents stripped (NFKD also maps full-width and ligature forms), casefolded."""
     if not text.isascii():
         text = _COMBINING.sub("", unicodedata.normalize("NFKD", text))
     return text.casefold()
 
 
-def _finish(text: str) -> str:
-    if "'" in text or not text.isascii():
-        text = _APOSTROPHES.sub("", text)
-    return " " + _REPEATS.sub(r"\1", _NON_WORD.sub(" ", text)).strip() + " "
+def _tokenize(folded: str) -> list[str]:
+    if folded.isascii():  # the common case: C-level translate + split
+        return folded.replace("'", "").translate(_ASCII_PUNCT).split()
+    return _TOKENS.findall(folded.translate(_DROP_APOSTROPHES))
+
+
+def _canon_token(token: str) -> str:
+    form = _CACHE.get(token)
+    if form is None:
+        if len(_CACHE) > 50_000:  # bounded: junk tokens must not grow it forever
+            _CACHE.clear()
+            _ONE_AS_L.clear()
+        raw = token
+        if not token.isalpha() and _LEET_HINT.search(token):
+            if "1" in token:
+                _ONE_AS_L[token] = _REPEATS.sub(r"\1", token.translate(_LEET_L))
+            token = token.translate(_LEET_I)
+        form = _CACHE[raw] = _REPEATS.sub(r"\1", token.replace("@", "").replace("$", ""))
+    return form
+
+
+def _views(folded: str) -> list[list[str]]:
+    """The message as canonical tokens, plus rarely needed variants (leet 1 read as l, spaced-out
+    letters glued together)."""
+    tokens = _tokenize(folded)
+    canon = list(map(_CACHE.get, tokens))
+    if None in canon:
+        canon = list(map(_canon_token, tokens))
+    if "" in canon:
+        tokens = [t for t, c in zip(tokens, canon) if c]
+        canon = [c for c in canon if c]
+    views = [canon]
+    if "1" in folded and not _ONE_AS_L.keys().isdisjoint(tokens):
+        views.append([_ONE_AS_L.get(t, c) for t, c in zip(tokens, canon)])
+    for view in list(views):
+        # cheap pre-test: a spelled-out word almost always has 3+ distinct letters
+        if len(_SINGLES.intersection(view)) >= 3:
+            for keep_edge_words in (False, True):
+                glued = _glue_single_letters(view, keep_edge_words)
+                if glued != view and glued not in views:
+                    views.append(glued)
+    return views
+
+
+def _glue_single_letters(words: list[str], keep_edge_words: bool) -> list[str]:
+    """"k i l l myself" -> "kil myself": runs of three or more one-letter words become one word.
+    With ``keep_edge_words`` a leading/trailing "i" or "a" stays a word of its own, for
+    "s u i c i d e I guess"."""
+    out: list[str] = []
+    run: list[str] = []
+    for word in words + [""]:
+        if len(word) == 1:
+            run.append(word)
+            continue
+        head = tail = []
+        if keep_edge_words and len(run) >= 4:
+            head, tail = run[:1] if run[0] in "ia" else [], run[-1:] if run[-1] in "ia" else []
+            run = run[len(head): len(run) - len(tail)]
+        out += head + ([_REPEATS.sub(r"\1", "".join(run))] if len(run) >= 3 else run) + tail
+        run = []
+        if word:
+            out.append(word)
+    return out
 
 
 def _canon_word(word: str) -> str:
-    return _finish(_fold(word)).strip()
-
-
-def _views(text: str) -> Iterator[str]:
-    """Canonical forms of ``text`` to match phrases against; usually just one."""
-    folded = _fold(text)
-    if _LEET_HINT.search(folded):
-        leet = [_LEET_WORD.sub(lambda m: m.group().translate(_LEET_I), folded)]
-        if "1" in folded:
-            leet.append(_LEET_WORD.sub(lambda m: m.group().translate(_LEET_L), folded))
-    else:
-        leet = [folded]
-    for variant in leet:
-        canon = _finish(variant)
-        yield canon
-        if _SPACED.search(canon):
-            yield _REPEATS.sub(r"\1", _SPACED.sub(lambda m: m.group().replace(" ", ""), canon))
+    return " ".join(c for c in map(_canon_token, _tokenize(_fold(word))) if c)
 
 
 # --------------------------------------------------------------------------- phrase syntax
 
 _TOKEN = re.compile(r"\.\.\.|[()\[\]|!*]|[^\s()\[\]|!*]+")
-_STOPWORDS = frozenset(
+# Rough frequencies (collapsed spellings) used to pick the rarest words to index a rule by.
+_FREQUENT = frozenset(
     "i me my myself you your ur u to the a an of on in at is am are be it and or not no do dont did "
-    "want wana going gona have has had will would can cant so all just with for this that about "
-    "anymore go take get up off out".split()
+    "want wana going gona have has had will would can cant so al just with for this that about what "
+    "any more like go get got up of out now then still realy much very know think feel good wel way "
+    "time day today last ned take make beter doing one some also if but they we he she him her them "
+    "here there where when how why who yes ok lol thanks thank love hope back home work help never ever "
+    "people everyone someone something give said say tel see let too over after before again".split()
 )
+_DOMAIN_COMMON = frozenset("chemo chemotherapy radiation treatment cancer scan scans life kiling dying die "
+                           "dead pain meds pils".split())
 _WORD = r"[^ ]+"
 
 
 def _score(words: frozenset[str]) -> tuple:
-    return sum(w in _STOPWORDS for w in words), len(words), -min(map(len, words))
+    """Lower is a better index: a lower chance that the message contains one of ``words``."""
+    weight = sum(1.0 if w in _FREQUENT else 0.3 if w in _DOMAIN_COMMON else 0.02 for w in words)
+    return weight, -min(map(len, words))
+
+
+Required = list[frozenset[str]]  # every match contains a word from each of these sets
 
 
 class _PhraseParser:
-    """Recursive descent over the phrase syntax. Each node compiles to
+    """Recursive descent over the phrase syntax. Items compile to
     ``(regex, optional, zero_width, anchors)`` where ``anchors`` is a set of words one of which
-    every match contains (None when no such set exists)."""
+    every match contains (None when there is no such set); a sequence compiles to
+    ``(regex, required)``."""
 
     def __init__(self, phrase: str):
         self.phrase, self.tokens, self.pos = phrase, _TOKEN.findall(phrase), 0
@@ -232,14 +303,14 @@ class _PhraseParser:
     def fail(self, why: str) -> ValueError:
         return ValueError(f"moderation phrase {self.phrase!r}: {why}")
 
-    def parse(self) -> tuple[str, frozenset[str] | None]:
-        regex, anchors = self.seq()
+    def parse(self) -> tuple[str, Required]:
+        regex, required = self.seq()
         if self.pos != len(self.tokens):
             raise self.fail(f"unexpected {self.tokens[self.pos]!r}")
-        return regex, anchors
+        return regex, required
 
-    def seq(self) -> tuple[str, frozenset[str] | None]:
-        out, started, best = "", False, None
+    def seq(self) -> tuple[str, Required]:
+        out, started, required = "", False, []
         while self.pos < len(self.tokens) and self.tokens[self.pos] not in ")]|":
             regex, optional, zero_width, anchors = self.item()
             if zero_width:
@@ -251,11 +322,11 @@ class _PhraseParser:
                 started = started or not optional
             else:
                 out += f"(?: {regex})?" if optional else f" {regex}"
-            if anchors and not optional and (best is None or _score(anchors) < _score(best)):
-                best = anchors
+            if anchors and not optional:
+                required.append(anchors)
         if not started:
             raise self.fail("every alternative needs at least one required word")
-        return out, best
+        return out, required
 
     def item(self) -> tuple[str, bool, bool, frozenset[str] | None]:
         tok = self.tokens[self.pos]
@@ -294,16 +365,16 @@ class _PhraseParser:
             if tok != "|":
                 raise self.fail(f"expected {closer!r}, got {tok!r}")
         anchors = None
-        if not optional and options and all(a for _, a in options):
-            anchors = frozenset().union(*(a for _, a in options))
+        if not optional and options and all(req for _, req in options):
+            anchors = frozenset().union(*(min(req, key=_score) for _, req in options))
         return "(?:" + "|".join(r for r, _ in options) + ")", optional, False, anchors
 
 
 def _context_regex(phrases: list[str]) -> re.Pattern[str] | None:
-    """Regex matching a canonical prefix that *ends with* one of ``phrases``."""
+    """Regex finding, in a canonical prefix searched with ``endpos``, one of ``phrases`` right at its end."""
     if not phrases:
         return None
-    return re.compile("(?<= )(?:" + "|".join(_PhraseParser(p).parse()[0] for p in phrases) + ") $")
+    return re.compile(" (?:" + "|".join(_PhraseParser(p).parse()[0] for p in phrases) + ") $")
 
 
 # --------------------------------------------------------------------------- pattern checks
@@ -312,10 +383,17 @@ _DATE = re.compile(r"\d{1,2}([./-])\d{1,2}\1\d{2,4}|\d{4}([./-])\d{1,2}\2\d{1,2}
 _YEARS = re.compile(r"(?:(?:19|20)\d\d[ .\-]+)+(?:19|20)\d\d")
 
 
+_PHONE = re.compile(r"\+?[ ]?(?:\(\d{1,5}\)[ .\-]?)?\d+(?:(?:[ .\-]|[ ]?\(\d+\)[ ]?)\d+)*")
+
+
 def _is_phone(span: str) -> bool:
-    """7-15 digits that are not a date, a decimal or a list/range of years."""
+    """The ``phone`` pattern only finds digit runs cheaply; this is the real test: one separator
+    between digit groups, 7-15 digits, and not a date, a decimal or a list/range of years."""
+    if len(span) > 40:  # 15 digits with separators fit easily; longer runs are data, not phones
+        return False
     digits = sum(c.isdigit() for c in span)
-    return 7 <= digits <= 15 and not _DATE.fullmatch(span) and not _YEARS.fullmatch(span)
+    return (7 <= digits <= 15 and _PHONE.fullmatch(span) is not None
+            and not _DATE.fullmatch(span) and not _YEARS.fullmatch(span))
 
 
 _CHECKS: dict[str, Callable[[str], bool]] = {"phone": _is_phone}
@@ -332,65 +410,115 @@ class _CompiledPhraseRule:
     unless: re.Pattern[str] | None
 
 
+@dataclass(frozen=True, slots=True)
+class _IndexEntry:
+    """One phrase of ``rule``, filed under each word of its rarest required word set; ``others``
+    are its remaining required sets, checked before any regex runs."""
+
+    rule: _CompiledPhraseRule
+    others: tuple[frozenset[str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledPattern:
+    hit: Hit
+    regex: re.Pattern[str]
+    gate: re.Pattern[str] | None
+    gate_words: frozenset[str]
+    check: Callable[[str], bool] | None
+    mask: bool
+    gate_literal: str | None  # the gate when it is a plain string: ``in`` beats a regex search
+
+
 class Moderator:
     def __init__(self, rules: RuleSet | None = None, *, mask_contact_info: bool = True):
         self.rules = rules = rules if rules is not None else RuleSet.load()
         self.mask_contact_info = mask_contact_info
-        negators = list(rules.negators)
         self._cat_order = {name: i for i, name in enumerate(rules.categories)}
-        self._anchor_index: dict[str, list[_CompiledPhraseRule]] = {}
-        raw_parts: list[str] = []
-        self._raw_rules: dict[str, tuple[Hit, Callable[[str], bool] | None, bool]] = {}
+        self._anchor_index: dict[str, list[_IndexEntry]] = {}
+        self._patterns: list[_CompiledPattern] = []
         for ci, cat in enumerate(rules.categories.values()):
-            unless = _context_regex(list(cat.unless_after) + (negators if cat.negatable else []))
+            unless = _context_regex(list(cat.unless_after) + (list(rules.negators) if cat.negatable else []))
             for ri, rule in enumerate(cat.phrases):
                 parsed = [_PhraseParser(p).parse() for p in rule.phrases]
-                regex = re.compile("(?<= )(?:" + "|".join(r for r, _ in parsed) + ")(?= )")
+                # a leading literal space (not a lookbehind) lets sre jump from word start to word start
+                regex = re.compile(" (?:" + "|".join(r for r, _ in parsed) + ")(?= )")
                 compiled = _CompiledPhraseRule(Hit(cat.name, cat.severity, f"{cat.name}.{rule.id}"),
                                                (ci, ri), regex, unless)
-                for _, anchors in parsed:
-                    if anchors is None:
+                for _, required in parsed:
+                    if not required:
                         raise ValueError(f"moderation phrase in {compiled.hit.rule}: no required word")
+                    anchors = min(required, key=_score)
+                    entry = _IndexEntry(compiled, tuple(r for r in required if r is not anchors))
                     for word in anchors:
-                        self._anchor_index.setdefault(word, []).append(compiled)
-            for pattern in cat.patterns:
-                if pattern.check is not None and pattern.check not in _CHECKS:
-                    raise ValueError(f"moderation pattern {cat.name}.{pattern.id}: unknown check {pattern.check!r}")
-                group = f"_r{len(self._raw_rules)}"
-                re.compile(pattern.regex)  # report a bad regex with its own error first
-                raw_parts.append(f"(?P<{group}>{pattern.regex})")
-                self._raw_rules[group] = (Hit(cat.name, cat.severity, f"{cat.name}.{pattern.id}"),
-                                          _CHECKS.get(pattern.check or ""), cat.mask)
+                        self._anchor_index.setdefault(word, []).append(entry)
+            for pat in cat.patterns:
+                name = f"{cat.name}.{pat.id}"
+                if pat.check is not None and pat.check not in _CHECKS:
+                    raise ValueError(f"moderation pattern {name}: unknown check {pat.check!r}")
+                try:
+                    regex = re.compile(pat.regex, re.IGNORECASE)
+                    gate = re.compile(pat.gate) if pat.gate else None
+                except re.error as exc:
+                    raise ValueError(f"moderation pattern {name}: {exc}") from None
+                words = frozenset(_canon_word(w) for w in pat.gate_words)
+                literal = pat.gate if pat.gate and re.escape(pat.gate) == pat.gate else None
+                self._patterns.append(_CompiledPattern(Hit(cat.name, cat.severity, name), regex, gate, words,
+                                                       _CHECKS.get(pat.check or ""), cat.mask, literal))
         self._anchors = frozenset(self._anchor_index)
-        self._raw = re.compile("|".join(raw_parts), re.IGNORECASE) if raw_parts else None
 
     def check(self, text: str) -> Verdict:
         found: dict[str, Hit] = {}
         spans: list[tuple[int, int]] = []
-        if self._raw is not None:
-            for m in self._raw.finditer(text):
-                hit, check, mask = self._raw_rules[m.lastgroup]  # type: ignore[index]
-                if check is not None and not check(m.group()):
-                    continue
-                found.setdefault(hit.category, hit)
-                if mask:
-                    spans.append(m.span())
-        for canon in _views(text):
-            present = self._anchors.intersection(canon.split())
-            if present:
-                self._match_phrases(canon, present, found)
+        folded = _fold(text)
+        views = _views(folded)
+        words = views[0]
+        for pat in self._patterns:  # the gates, inlined: this loop runs for every pattern of every message
+            literal, gate, gate_words = pat.gate_literal, pat.gate, pat.gate_words
+            if literal is not None:
+                is_open = literal in folded
+            elif gate is not None:
+                is_open = gate.search(folded) is not None
+            else:
+                is_open = not gate_words
+            if not (is_open or (gate_words and not gate_words.isdisjoint(words))):
+                continue
+            for m in pat.regex.finditer(text):
+                if pat.check is None or pat.check(m.group()):
+                    found.setdefault(pat.hit.category, pat.hit)
+                    if pat.mask:
+                        spans.append(m.span())
+        for view in views:
+            if not self._anchors.isdisjoint(view):
+                self._match_phrases(view, found)
         if not found:
             return Verdict((), text)
         hits = sorted(found.values(), key=lambda h: (-SEVERITY_RANK[h.severity], self._cat_order[h.category]))
         return Verdict(tuple(hits), self._mask(text, spans) if spans and self.mask_contact_info else text)
 
-    def _match_phrases(self, canon: str, present: set[str], found: dict[str, Hit]) -> None:
-        candidates = {id(r): r for word in present for r in self._anchor_index[word]}
+    def _match_phrases(self, view: list[str], found: dict[str, Hit]) -> None:
+        words: set[str] | None = None
+        candidates: dict[int, _CompiledPhraseRule] = {}
+        for word in self._anchors.intersection(view):
+            for entry in self._anchor_index[word]:
+                rule = entry.rule
+                if rule.hit.category in found or id(rule) in candidates:
+                    continue
+                if entry.others:
+                    if words is None:
+                        words = set(view)
+                    if any(s.isdisjoint(words) for s in entry.others):
+                        continue
+                candidates[id(rule)] = rule
+        if not candidates:
+            return
+        canon = " " + " ".join(view) + " "
         for rule in sorted(candidates.values(), key=lambda r: r.order):
             if rule.hit.category in found:
                 continue
             for m in rule.regex.finditer(canon):
-                if rule.unless is None or not rule.unless.search(canon, max(0, m.start() - 80), m.start()):
+                start = m.start() + 1  # the match includes the space before the phrase
+                if rule.unless is None or not rule.unless.search(canon, max(0, start - 81), start):
                     found[rule.hit.category] = rule.hit
                     break
 

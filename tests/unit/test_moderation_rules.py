@@ -15,11 +15,12 @@ from chat.moderation import (
 )
 
 C, K, A, M = "crisis", "contact_info", "abuse", "medical_advice"
+_MOD = Moderator()  # for the hypothesis tests (function-scoped fixtures don't mix with @given)
 
 
 @pytest.fixture(scope="module")
 def moderator() -> Moderator:
-    return Moderator()
+    return _MOD
 
 
 CASES = [
@@ -41,6 +42,10 @@ CASES = [
     ("I keep thinking about killing myself", {C}),
     ("I'm so tired of living like this", {C}),
     ("SUICIDAL thoughts again tonight", {C}),
+    ("everyone would be better off if I was dead", {C}),
+    ("I don't see the point in going on", {C}),
+    ("I cut myself again last night", {C}),
+    ("s u i c i d e I guess", {C}),
     # --- crisis: obfuscated
     ("k1ll mys3lf", {C}),
     ("ki11 myself", {C}),
@@ -78,6 +83,9 @@ CASES = [
     ("I've been to hell and back this year", set()),
     ("I had a skill assessment at work", set()),
     ("the therapist says hi", set()),
+    ("I thought I was going to die when they told me", set()),
+    ("I'm going to take all my pills with dinner tonight", set()),
+    ("I can't do this anymore, the nausea is brutal", set()),
     # --- contact info
     ("call me at 555-123-4567", {K}),
     ("my number is +33 6 12 34 56 78", {K}),
@@ -103,6 +111,9 @@ CASES = [
     ("e.g. neuropathy, i.e. tingling in the toes", set()),
     ("I read it on the forum.It helped a lot", set()),
     ("I'm at home now, see you @ 3", set()),
+    ("insta-worthy hospital food lol", set()),
+    ("Hi @everyone", set()),
+    ("Facebook: nope, I deleted it", set()),
     # --- abuse
     ("you idiot", {A}),
     ("oh shut up", {A}),
@@ -124,6 +135,8 @@ CASES = [
     ("nobody cares about my neuropathy, my doctors brush it off", set()),
     ("did you ever want to kill yourself during treatment?", set()),
     ("I can't shut up about my new puppy", set()),
+    ("cancer can go to hell", set()),
+    ("Thank you, stupid autocorrect", set()),
     # --- medical advice
     ("stop your chemo", {M}),
     ("skip the radiation", {M}),
@@ -149,6 +162,7 @@ CASES = [
     ("is it safe to stop the steroids early?", set()),
     ("don't take your pills on an empty stomach", set()),
     ("I hope you don't need chemo", set()),
+    ("my husband said I should just quit chemo but my oncologist disagreed", set()),
     ("I'll quit my job after treatment", set()),
     ("drop the kids at school, then infusion", set()),
     ("hair loss was the worst part of chemo", set()),
@@ -264,10 +278,12 @@ def test_override_extends_an_existing_rule(tmp_path):
         {"categories": {"abuse": {"patterns": [{"id": "bad", "regex": "(["}]}}},
         {"categories": {"abuse": {"patterns": [{"id": "bad", "regex": "x", "check": "nope"}]}}},
         {"disable": ["nosuchcategory.rule"]},
+        {"categories": {"abuse": {"patterns": [{"regex": "no id"}]}}},
+        {"categories": {"abuse": {"phrases": [{"id": "x"}]}}},
     ],
 )
 def test_invalid_overrides_fail_at_load(tmp_path, override):
-    with pytest.raises((ValueError, Exception)):
+    with pytest.raises(ValueError):
         RuleSet.load(_write(tmp_path, override))
 
 
@@ -286,8 +302,5 @@ def test_contact_like_noise(text):
     verdict = _MOD.check(text)
     if K not in verdict.categories:
         assert verdict.shown_text == text
-    else:
-        assert verdict.shown_text != text or MASK_TEXT in text or not _MOD.mask_contact_info
-
-
-_MOD = Moderator()
+    else:  # with this alphabet only the regex patterns can fire, and their spans are masked
+        assert MASK_TEXT in verdict.shown_text
