@@ -60,7 +60,7 @@ def verify_token(token: object, secret: str, *, algorithms: tuple[str, ...] = ("
     sub, role, name = claims.get("sub"), claims.get("role"), claims.get("name")
     if not isinstance(sub, str) or not sub or len(sub) > 128 or "|" in sub:
         raise Unauthorized("invalid token: bad subject")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise Unauthorized("invalid token: unknown role")
     if not isinstance(name, str) or not name.strip():
         raise Unauthorized("invalid token: bad name")

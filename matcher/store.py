@@ -82,10 +82,12 @@ class MatchStore:
         return await self._run("availability", sid, name, int(available), max_chats, int(auto_accept),
                                *self._lists(profile))
 
-    async def talk_now(self, pid: str, name: str, profile: Profile, *,
-                       prefer_same_diagnosis_s: float = 0) -> tuple[dict[str, Any], list[Created]]:
+    async def talk_now(self, pid: str, name: str, profile: Profile, *, prefer_same_diagnosis_s: float = 0,
+                       known_conversations: list[str] | None = None) -> tuple[dict[str, Any], list[Created]]:
+        """``known_conversations``: what the asking connection has been told of (see request.lua)."""
+        known = "" if known_conversations is None else orjson.dumps(list(known_conversations)).decode()
         return await self._run("request", pid, name, *self._lists(profile), prefer_same_diagnosis_s,
-                               self.config.offers_per_patient_hour)
+                               self.config.offers_per_patient_hour, known)
 
     async def cancel(self, pid: str) -> tuple[dict[str, Any], list[Created]]:
         return await self._run("cancel", pid)

@@ -4,8 +4,12 @@
 -- ARGV[5] patient id  ARGV[6] display name  ARGV[7] diagnoses JSON  ARGV[8] side effects JSON
 -- ARGV[9] languages JSON  ARGV[10] prefer_same_diagnosis_s (0 = offer the best peer at once)
 -- ARGV[11] max requests per patient per hour
+-- ARGV[12] optional JSON list of the conversation ids the asking connection already knows
 -- Returns JSON {state: "queued"|"offered"|"matched", joined: bool, created?}.
--- Refuses: suspended; rate_limited (too many requests this hour); already_matched never (a match ends the request).
+-- Refuses: suspended; rate_limited (too many requests this hour); already_matched when the patient
+-- has an open conversation the asking connection has not heard of yet: a second tab pressed
+-- talk-now while the first tab's request was being matched, so it joins that match (its
+-- "matched" frame is on the way) instead of starting a second request.
 local pid = ARGV[5]
 local key = P .. 'rq:' .. pid
 if is_suspended(pid) then return refuse('suspended', 'Your account is suspended.') end
@@ -14,6 +18,14 @@ if existing then
   local f = queued_frame(pid)
   if f then pub(pid, f) end
   return result({state = existing.state, joined = true})
+end
+if ARGV[12] and ARGV[12] ~= '' then
+  local known = cjson.decode(ARGV[12])
+  for _, cid in ipairs(redis.call('SMEMBERS', P .. 'convs:' .. pid)) do
+    if not set_has(known, cid) then
+      return refuse('already_matched', 'Your request was just matched; your conversation is opening.')
+    end
+  end
 end
 local hour = P .. 'rqcount:' .. pid .. ':' .. math.floor(NOW / 3600)
 local n = redis.call('INCR', hour)
