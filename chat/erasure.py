@@ -16,6 +16,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from chat.flags import forget_author
 from chat.store import ChatStore
 from gateway.keys import Keys
 
@@ -30,6 +31,7 @@ async def erase_user(redis: Any, keys: Keys, store: ChatStore, uid: str, *,
     for raw in await redis.smembers(keys.user_history(uid)):
         cid = raw.decode() if isinstance(raw, bytes) else raw
         erased += await store.erase_sender(cid, uid)
+        await forget_author(redis, keys, cid, uid)     # flag excerpts quote the user's words too
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.survivor(uid), keys.request(uid), keys.blocks(uid), keys.user_convs(uid))
         pipe.delete(keys.user_history(uid))
@@ -45,6 +47,10 @@ async def rewrite_aof(redis: Any, *, wait_s: float = 60.0) -> bool:
     If a rewrite is already running (its fork may predate the erasure) wait for it, then start ours.
     Returns True if a rewrite was started; False when AOF is off, the command is disabled, or waiting
     timed out.  Never raises for Redis-side refusals."""
+    node_clients = getattr(redis, "node_clients", None)
+    if node_clients is not None:      # Redis Cluster: every node, replicas too, keeps its own AOF
+        results = await asyncio.gather(*(rewrite_aof(node, wait_s=wait_s) for node in node_clients()))
+        return bool(results) and all(results)
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:
         info = await redis.info("persistence")

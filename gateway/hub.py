@@ -131,6 +131,7 @@ class Hub:
     async def _fill(self, conn: Conn, cid: str) -> None:
         """Write every logged message after conn.delivered[cid], in order, then hand back to live delivery."""
         moderator_view = conn.user.role == "moderator"
+        reserve = max(1, conn.limit // 2)        # outbox room kept free for acks and control frames
         metrics.GAP_FILLS.inc()
         try:
             while not conn.closed:
@@ -138,6 +139,10 @@ class Hub:
                 batch = await self.chat.read_after(cid, after, FILL_BATCH)
                 epoch = self.epochs.get(cid, "")
                 for m in batch:
+                    if len(conn.outbox) + reserve > conn.limit:
+                        await conn.wait_room(reserve)
+                        if conn.closed:
+                            return
                     conn.push(orjson.dumps(message_frame(cid, epoch, m, moderator_view=moderator_view)).decode())
                     conn.delivered[cid] = m.seq
                 if len(batch) < FILL_BATCH and conn.seen.get(cid, 0) <= conn.delivered.get(cid, 0):
@@ -240,21 +245,36 @@ class Hub:
         if live is None:
             self._control(conns, data)
             return
-        self.epochs.setdefault(live.cid, live.epoch)
-        text = orjson.dumps(message_frame(live.cid, live.epoch, live)).decode()
+        cid = live.conversation_id
+        self.epochs.setdefault(cid, live.epoch)
+        text = orjson.dumps(message_frame(cid, live.epoch, live)).decode()
         metrics.DELIVERED.inc(len(conns))
         for conn in list(conns):
-            if not conn.deliver(live.cid, live.seq, text):
-                self.fill(conn, live.cid)
+            if not conn.deliver(cid, live.seq, text):
+                self.fill(conn, cid)
 
     def _to_watchers(self, cid: str, group: set[Conn], data: bytes) -> None:
         live = decode_live(data)
         if live is None:
+            self._watch_control(cid, group, data)
             return
         text = orjson.dumps(message_frame(cid, live.epoch, live, moderator_view=True)).decode()
         for conn in list(group):
             if not conn.deliver(cid, live.seq, text):
                 self.fill(conn, cid)
+
+    def _watch_control(self, cid: str, group: set[Conn], data: bytes) -> None:
+        """A JSON frame on a watch channel (gateway.safety): forward it; ``watch_ended`` also stops the watch."""
+        try:
+            frame = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        text = data.decode()
+        for conn in list(group):
+            conn.push(text)
+            if frame.get("type") == "watch_ended":
+                conn.delivered.pop(cid, None)
+                asyncio.get_running_loop().create_task(self.unwatch(conn, cid))
 
     def _control(self, conns: set[Conn], data: bytes) -> None:
         """A JSON frame from a matcher or moderation script: note what changes local state, forward it."""

@@ -26,6 +26,7 @@ from gateway.errors import ErrorCode, ServiceError
 from gateway.hub import Hub
 from gateway.keys import Keys
 from gateway.limits import TokenBucket
+from gateway.safety import Safety
 from gateway.settings import Settings
 from matcher.profile import parse_profile
 from matcher.store import Created, MatchStore, MatcherConfig
@@ -67,6 +68,7 @@ class Service:
         self.may_watch: Callable[[str], Awaitable[bool]] = self._never
         self._send_buckets: dict[str, TokenBucket] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.safety = Safety(self)
 
     @staticmethod
     async def _never(cid: str) -> bool:
@@ -274,8 +276,10 @@ class Service:
             raise ServiceError(ErrorCode.BAD_FRAME, "'prefer_same_diagnosis_s' must be 0 to 3600.")
         if hold and not profile.diagnoses:
             raise ServiceError(ErrorCode.INVALID_PROFILE, "Holding out for a same-diagnosis peer needs a diagnosis.")
+        conn.position = None     # so the hub forwards the reply even when joining at an unchanged position
         state, created = await self.match.talk_now(conn.user.id, conn.user.name, profile,
-                                                   prefer_same_diagnosis_s=hold)
+                                                   prefer_same_diagnosis_s=hold,
+                                                   known_conversations=list(conn.delivered))
         await self.open_created(created)
 
     async def on_cancel(self, conn: Conn, frame: dict[str, Any]) -> None:
@@ -322,7 +326,7 @@ class Service:
         metrics.MESSAGES.inc()
         conn.push(orjson.dumps({"type": "ack", "conversation_id": cid, "client_id": client_id,
                                 "seq": appended.seq, "ts": appended.ts, "epoch": appended.epoch}).decode())
-        if verdict is not None and verdict.flagged and not appended.duplicate and self.on_flagged is not None:
+        if verdict is not None and verdict.flagged and self.on_flagged is not None:   # idempotent: a retry re-raises lost flags
             await self.on_flagged(conn, cid, appended, verdict)
 
     async def _append(self, cid: str, user: Identity, client_id: str, text: str, shown: str, flags: str) -> Appended:
@@ -378,9 +382,13 @@ class Service:
             {"type": "typing", "conversation_id": cid, "from": {"name": conn.user.name, "role": conn.user.role}}))
 
     async def _end(self, conn: Conn, cid: str, *, block: bool, reason: str = "") -> None:
+        # The log closes first: the matcher's script publishes "ended", and a peer who hears it and
+        # sends must get conversation_ended, not an ack.  A crash in between leaves the log closed and
+        # the match open; ending again finishes the job (both steps are idempotent).
+        await self._participant_meta(cid, conn.user.id)
+        await self.chat.end(cid, conn.user.id)
         out, created = await self.match.end(cid, conn.user.id, conn.user.role, block=block, reason=reason)
         await self.open_created(created)
-        await self.chat.end(cid, conn.user.id)
 
     async def on_end(self, conn: Conn, frame: dict[str, Any]) -> None:
         await self._end(conn, frame["conversation_id"], block=False)
