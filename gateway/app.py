@@ -11,7 +11,6 @@ from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 import orjson
-import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,19 +24,12 @@ from gateway.auth import Identity, issue_token, verify_token
 from gateway.connection import Conn
 from gateway.errors import CloseCode, ErrorCode, ServiceError, Unauthorized
 from gateway.protocol import authorize, error_frame, parse_frame, parse_resume
+from gateway.redis_client import make_redis
 from gateway.service import Service
 from gateway.settings import Settings
 
 log = logging.getLogger("aftertalk.gateway")
 STATIC = Path(__file__).parent / "static"
-
-
-def make_redis(url: str, *, decode: bool) -> aioredis.Redis:
-    """A client whose pool waits for a free connection instead of raising under bursts."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=64, timeout=10, decode_responses=decode,
-        socket_connect_timeout=2, socket_timeout=5, health_check_interval=5, retry_on_timeout=False)
-    return aioredis.Redis(connection_pool=pool)
 
 
 def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
@@ -80,6 +72,10 @@ class Edge:
 
     async def vocabulary(self, request: Request) -> Response:
         return JSONResponse(self.service.vocabulary.as_json())
+
+    async def client_config(self, request: Request) -> Response:
+        """What the web client needs before sign-in: whether demo sign-in is on."""
+        return JSONResponse({"demo": self.settings.demo})
 
     async def demo_token(self, request: Request) -> Response:
         """Demo mode only: anyone may pick a role and a pseudonym."""
@@ -236,6 +232,7 @@ def create_app(settings: Settings) -> Starlette:
     routes: list[Any] = [
         Route("/healthz", edge.healthz), Route("/readyz", edge.readyz), Route("/metrics", edge.metrics),
         Route("/api/vocabulary", edge.vocabulary), Route("/api/demo-token", edge.demo_token, methods=["POST"]),
+        Route("/api/client-config", edge.client_config),
         WebSocketRoute("/ws", edge.websocket),
     ]
     routes += getattr(edge.service, "extra_routes", [])

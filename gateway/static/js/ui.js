@@ -60,7 +60,12 @@ export function checkboxGroup(legend, items, checked = [], { name } = {}) {
   });
   const set = h("fieldset", { class: "checks" }, h("legend", { text: legend }),
     h("div", { class: "check-grid" }, boxes.map((b) => b.row)));
-  return { set, values: () => boxes.filter((b) => b.box.checked).map((b) => b.box.value) };
+  const setValues = (codes) => {
+    const want = new Set(codes);
+    for (const b of boxes) b.box.checked = want.has(b.box.value);
+    set.dispatchEvent(new Event("change"));
+  };
+  return { set, values: () => boxes.filter((b) => b.box.checked).map((b) => b.box.value), setValues };
 }
 
 /** A button that asks "are you sure?" in place (no window.confirm: calm, and keyboard friendly). */
