@@ -4,8 +4,9 @@ The control-plane zset ``keys.ended`` (conversation id -> end time, epoch second
 written by the matcher when a conversation ends) is the work list.  A
 conversation's log keys live in its own slot and the control-plane record in
 ``{ctl}``, so this is not one script: per conversation, the log keys go first
-(one DEL, one slot), then the control-plane record, flags index and the
-``ended`` entry (one MULTI on the ``{ctl}`` slot).  A crash in between leaves
+(one DEL, one slot), then the control-plane record, its resolved flags and the
+``ended`` entry (one MULTI on the ``{ctl}`` slot).  A conversation with an unresolved
+flag is kept until a moderator resolves it.  A crash in between leaves
 the ``ended`` entry, so the next run finishes the job; every step is idempotent.
 """
 from __future__ import annotations
@@ -13,6 +14,34 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.keys import Keys
+
+
+HOLD_S = 3600.0   # a conversation with an unresolved flag is looked at again this much later
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+async def _without_open_flags(redis: Any, keys: Keys, cids: list[str], *,
+                              recheck_at: float) -> tuple[list[str], list[str]]:
+    """Split off conversations a moderator still has to review: they are kept, and re-checked later.
+
+    Returns the purgeable ids and the ids of their (resolved) flags, whose records go with them."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for cid in cids:
+            pipe.hgetall(keys.conv_flags(cid))
+        statuses = await pipe.execute()
+    keep, purge, flag_ids = {}, [], []
+    for cid, flags in zip(cids, statuses):
+        if any(_s(status) != "resolved" for status in flags.values()):
+            keep[cid] = recheck_at
+        else:
+            purge.append(cid)
+            flag_ids.extend(_s(fid) for fid in flags)
+    if keep:
+        await redis.zadd(keys.ended, keep)
+    return purge, flag_ids
 
 
 async def purge_expired(redis: Any, keys: Keys, *, now_s: float, retention_s: float, batch: int = 100) -> int:
@@ -24,6 +53,9 @@ async def purge_expired(redis: Any, keys: Keys, *, now_s: float, retention_s: fl
         if not due:
             return purged
         cids = [c.decode() if isinstance(c, bytes) else c for c in due]
+        cids, flag_ids = await _without_open_flags(redis, keys, cids, recheck_at=cutoff + HOLD_S)
+        if not cids:
+            continue
         async with redis.pipeline(transaction=False) as pipe:
             for cid in cids:
                 pipe.delete(keys.conv_meta(cid), keys.conv_log(cid), keys.conv_client_ids(cid))
@@ -31,6 +63,8 @@ async def purge_expired(redis: Any, keys: Keys, *, now_s: float, retention_s: fl
         async with redis.pipeline(transaction=True) as pipe:
             for cid in cids:
                 pipe.delete(keys.conversation(cid), keys.conv_flags(cid))
+            for fid in flag_ids:
+                pipe.delete(keys.flag(fid))
             pipe.zrem(keys.ended, *cids)
             await pipe.execute()
         purged += len(cids)
