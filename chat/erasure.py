@@ -17,7 +17,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from chat.flags import forget_author
-from chat.store import ChatStore
+from chat.store import DELETED_NAME, ChatStore
 from gateway.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,22 @@ async def erase_user(redis: Any, keys: Keys, store: ChatStore, uid: str, *,
         cid = raw.decode() if isinstance(raw, bytes) else raw
         erased += await store.erase_sender(cid, uid)
         await forget_author(redis, keys, cid, uid)     # flag excerpts quote the user's words too
+        await forget_name(redis, keys, cid, uid)       # the matcher's record names both participants
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.survivor(uid), keys.request(uid), keys.blocks(uid), keys.user_convs(uid))
+        pipe.delete(keys.survivor(uid), keys.request(uid), keys.blocks(uid), keys.user_convs(uid), keys.peers(uid))
         pipe.delete(keys.user_history(uid))
         await pipe.execute()
     if compact_aof:
         await rewrite_aof(redis, wait_s=aof_wait_s)
     return erased
+
+
+async def forget_name(redis: Any, keys: Keys, cid: str, uid: str) -> None:
+    """Rename ``uid`` to "Deleted user" in the matcher's record of a conversation (kept until retention)."""
+    who = await redis.hmget(keys.conversation(cid), "patient", "survivor")
+    for role, raw in zip(("patient", "survivor"), who):
+        if (raw.decode() if isinstance(raw, bytes) else raw) == uid:
+            await redis.hset(keys.conversation(cid), f"{role}_name", DELETED_NAME)
 
 
 async def rewrite_aof(redis: Any, *, wait_s: float = 60.0) -> bool:

@@ -54,6 +54,9 @@ class Keys:
     def user_history(self, uid: str) -> str:      # set of every conversation id a user was in (erasure)
         return f"{self.ctl}hist:{uid}"
 
+    def peers(self, uid: str) -> str:             # set of survivors a patient has talked with (matcher)
+        return f"{self.ctl}peers:{uid}"
+
     def conversation(self, cid: str) -> str:      # hash: participants, state (matcher's record)
         return f"{self.ctl}cv:{cid}"
 

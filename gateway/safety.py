@@ -209,9 +209,11 @@ class Safety:
                                 "seq": appended.seq, "ts": appended.ts, "epoch": appended.epoch}).decode())
 
     async def _end_as_moderator(self, conn: Conn, cid: str, reason: str) -> bool:
+        # the log closes first, as in Service._end: a participant who hears "ended" and sends gets
+        # conversation_ended, never an ack
+        await self.service.chat.end(cid, conn.user.id)
         out, created = await self.service.match.end(cid, conn.user.id, "moderator", reason=reason)
         await self.service.open_created(created)
-        await self.service.chat.end(cid, conn.user.id)
         if out.get("ended"):
             ended = {"type": "ended", "conversation_id": cid, "by": "moderator"}
             if reason:

@@ -306,7 +306,7 @@ async def test_retention_purges_only_expired_conversations(store, redis, keys):
         await opened(store, cid)
         await send(store, cid, P, f"hi from {cid}")
         await redis.hset(keys.conversation(cid), mapping={"patient": P, "survivor": S})
-        await redis.hset(keys.conv_flags(cid), "f1", "open")
+        await redis.hset(keys.conv_flags(cid), "f1", "resolved")   # resolved: purgeable (unresolved ones are kept, see test_retention_flags)
     for cid, age in ages.items():
         await store.end(cid, P)
         await redis.zadd(keys.ended, {cid: now - age})

@@ -1,0 +1,157 @@
+"""Retention and erasure, end to end: transcripts leave Redis after the retention period, readers are
+told plainly afterwards, and ``aftertalk erase-user`` removes a user's words, name and sign-in."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from chat.retention import purge_expired
+from gateway.keys import Keys
+from support.chat_pair import match_pair, refused_at_hello, send_frame
+from support.gateway import ROOT, Client
+
+DELETED = "Deleted user"
+
+
+def conv_keys(prefix: str, cid: str) -> list[str]:
+    k = Keys(prefix)
+    return [k.conv_meta(cid), k.conv_log(cid), k.conv_client_ids(cid), k.conversation(cid)]
+
+
+async def chat_a_little(pair, n: int = 3) -> None:
+    for i in range(n):
+        await pair.patient.send(send_frame(pair.cid, f"p{i}", f"patient line {i}"))
+        await pair.survivor.send(send_frame(pair.cid, f"s{i}", f"survivor line {i}"))
+    for i in range(n):
+        await pair.patient.expect("ack", client_id=f"p{i}")
+        await pair.survivor.expect("ack", client_id=f"s{i}")
+
+
+async def test_retention_purges_ended_conversations_only_and_readers_are_told_plainly(gateways, redis, prefix):
+    g1, g2 = gateways(2)
+    ended = await match_pair(g1.ws_url, g2.ws_url)
+    await chat_a_little(ended)
+    still_open = await match_pair(g1.ws_url, g2.ws_url, survivor_name="Sue")
+    await chat_a_little(still_open)
+    await ended.patient.send({"type": "end", "conversation_id": ended.cid})
+    await ended.survivor.expect("ended", conversation_id=ended.cid)
+    last_seq = 6
+    now = (await redis.time())[0] + 1
+    assert await purge_expired(redis, Keys(prefix), now_s=now, retention_s=3600) == 0     # not due yet
+    assert await purge_expired(redis, Keys(prefix), now_s=now, retention_s=0) == 1
+    assert await redis.exists(*conv_keys(prefix, ended.cid)) == 0
+    assert await redis.zscore(Keys(prefix).ended, ended.cid) is None
+    assert await redis.exists(*conv_keys(prefix, still_open.cid)) == 4                   # open: kept
+    # a participant asking for the purged transcript hears what a stranger would
+    await ended.patient.send({"type": "history", "conversation_id": ended.cid})
+    assert (await ended.patient.expect("error", ref="history"))["code"] == "forbidden"
+    # resuming it with the epoch it knew: told plainly that recovery failed, never a fresh seq 1
+    back = await Client.connect(g2.ws_url, ended.patient_token,
+                                resume={ended.cid: {"seq": last_seq, "epoch": ended.epoch}})
+    err = await back.expect("error", code="recovery_failed")
+    assert err["conversation_id"] == ended.cid
+    assert not back.of_type("message")
+    # the open conversation is untouched
+    await still_open.patient.send({"type": "history", "conversation_id": still_open.cid})
+    assert len((await still_open.patient.expect("history"))["messages"]) == 6
+
+
+async def test_the_housekeeping_loop_applies_the_configured_retention(gateways, redis, prefix):
+    env = {"AFTERTALK_RETENTION_DAYS": "0.00002"}          # 1.7 s
+    g1, = gateways(1, **env)
+    pair = await match_pair(g1.ws_url, g1.ws_url)
+    await chat_a_little(pair, 1)
+    await pair.patient.send({"type": "end", "conversation_id": pair.cid})
+    await pair.survivor.expect("ended", conversation_id=pair.cid)
+    await asyncio.sleep(2.0)                               # let the retention period pass
+    # a gateway's housekeeping purges on its first pass after start-up (then every minute)
+    gateways(1, **env)
+    meta = Keys(prefix).conv_meta(pair.cid)
+
+    async def purged() -> bool:
+        return await redis.exists(meta) == 0
+
+    await wait_for_async(purged, 10, "the housekeeping loop to purge")
+    assert await redis.exists(*conv_keys(prefix, pair.cid)) == 0
+
+
+async def test_erase_user_cli_removes_their_words_and_name_and_refuses_their_token(gateways, redis, redis_server,
+                                                                                   prefix):
+    g1, g2 = gateways(2)
+    pair = await match_pair(g1.ws_url, g2.ws_url, patient_name="Priya")
+    secret = f"my oncologist at St Elsewhere said {prefix}"
+    await pair.patient.send(send_frame(pair.cid, "secret", secret))
+    await pair.patient.expect("ack", client_id="secret")
+    await chat_a_little(pair, 2)
+    env = {**os.environ, "AFTERTALK_KEY_PREFIX": prefix}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway.cli", "erase-user", pair.patient_id,
+                         "--redis-url", redis_server.url],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"erased user {pair.patient_id}: 3 messages" in done.stdout
+    # the log keeps every seq and the peer's words; the erased user's entries are emptied and renamed
+    rows = await redis.xrange(Keys(prefix).conv_log(pair.cid))
+    assert [int(i.partition("-")[0]) for i, _ in rows] == list(range(1, 6))
+    theirs = [f for _, f in rows if f["from"] == pair.patient_id]
+    assert len(theirs) == 3 and all(f["text"] == "" and f["name"] == DELETED and "shown" not in f for f in theirs)
+    assert [f["text"] for _, f in rows if f["from"] == pair.survivor_id] == ["survivor line 0", "survivor line 1"]
+    assert not any(secret in v or "Priya" in v for _, f in rows for v in f.values())
+    leftovers = await everything_under(redis, prefix)
+    assert secret not in leftovers and "Priya" not in leftovers, "the erased user's words or name remain in Redis"
+    # the peer's transcript shows a deleted user
+    await pair.survivor.send({"type": "history", "conversation_id": pair.cid})
+    history = (await pair.survivor.expect("history"))["messages"]
+    from_them = [m for m in history if m["from"]["role"] == "patient"]
+    assert from_them and all(m["from"]["name"] == DELETED and m["text"] == "" for m in from_them)
+    # their token no longer opens a session, on any gateway; a session already open can no longer send
+    for g in (g1, g2):
+        code, _ = await refused_at_hello(g.ws_url, pair.patient_token)
+        assert code == 4401
+    await pair.patient.send(send_frame(pair.cid, "after-erasure", "am I still here?"))
+    assert (await pair.patient.expect("error", client_id="after-erasure"))["code"] == "forbidden"
+    # the AOF was rewritten, so the words are gone from the disk as well
+    await wait_for_aof_rewrite(redis)
+    aof = b"".join(p.read_bytes() for p in Path(redis_server.dir).rglob("*.aof*") if p.is_file())
+    assert aof and secret.encode() not in aof
+
+
+async def wait_for_aof_rewrite(redis, timeout: float = 20.0) -> None:
+    async def idle() -> bool:
+        info = await redis.info("persistence")
+        return not int(info["aof_rewrite_in_progress"]) and not int(info["aof_rewrite_scheduled"])
+
+    await wait_for_async(idle, timeout, "the AOF rewrite")
+
+
+async def wait_for_async(predicate, timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def everything_under(redis, prefix: str) -> str:
+    """Every key name and value under a prefix, as one string to search (strings, hashes, sets, zsets,
+    lists, streams)."""
+    parts: list[str] = []
+    async for key in redis.scan_iter(match=f"{prefix}:*", count=500):
+        kind = await redis.type(key)
+        parts.append(key)
+        if kind == "string":
+            parts.append(await redis.get(key) or "")
+        elif kind == "hash":
+            parts += [f"{k}={v}" for k, v in (await redis.hgetall(key)).items()]
+        elif kind == "set":
+            parts += list(await redis.smembers(key))
+        elif kind == "zset":
+            parts += list(await redis.zrange(key, 0, -1))
+        elif kind == "list":
+            parts += list(await redis.lrange(key, 0, -1))
+        elif kind == "stream":
+            parts += [f"{k}={v}" for _, f in await redis.xrange(key) for k, v in f.items()]
+    return "\n".join(parts)
