@@ -21,11 +21,15 @@ from gateway.errors import CloseCode
 from gateway.limits import TokenBucket
 
 log = logging.getLogger("aftertalk.conn")
+# The outbox of every connection with nothing to write: always empty, never appended to (push()
+# swaps in a deque of its own first), so idle connections share it instead of holding one each.
+IDLE_OUTBOX: deque[str] = deque()
 
 
 class Conn:
     __slots__ = ("ws", "user", "id", "delivered", "filling", "seen", "outbox", "writer", "closed",
-                 "frames", "sends", "typing_at", "watching", "position", "limit", "on_slow", "close_code")
+                 "frames", "sends", "typing_at", "watching", "position", "limit", "on_slow", "close_code", "space",
+                 "stalled")
 
     def __init__(self, ws: WebSocket, user: Identity, conn_id: str, *, outbox_limit: int,
                  frames: TokenBucket, sends: TokenBucket, on_slow: Callable[["Conn"], None]) -> None:
@@ -35,7 +39,7 @@ class Conn:
         self.delivered: dict[str, int] = {}     # conversation -> highest seq written to this socket
         self.filling: set[str] = set()          # conversations being caught up from the log
         self.seen: dict[str, int] = {}          # conversation -> highest seq announced live while filling
-        self.outbox: deque[str] = deque()
+        self.outbox: deque[str] = IDLE_OUTBOX
         self.writer: asyncio.Task[None] | None = None
         self.closed = False
         self.frames = frames
@@ -46,15 +50,23 @@ class Conn:
         self.limit = outbox_limit
         self.on_slow = on_slow
         self.close_code: int | None = None
+        self.space: asyncio.Event | None = None   # set by the writer as the outbox drains (see wait_room)
+        self.stalled = False                      # the writer is waiting for the client to read
 
     def push(self, text: str) -> None:
         if self.closed:
             return
-        if len(self.outbox) >= self.limit:
+        if len(self.outbox) >= self.limit and self.stalled:
+            # Only a writer blocked on the socket means the client is slow.  A burst pushed before the
+            # writer got a turn (the hub dispatching a backlog of pub/sub without yielding) is not the
+            # client's fault; it is bounded by what one read of the pub/sub socket holds, and the writer
+            # runs before the next read.
             self.on_slow(self)
             self.outbox.clear()
             self.close(CloseCode.SLOW_CONSUMER, "too slow: reconnect and resume")
             return
+        if self.outbox is IDLE_OUTBOX:
+            self.outbox = deque()
         self.outbox.append(text)
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._drain())
@@ -62,12 +74,32 @@ class Conn:
     async def _drain(self) -> None:
         try:
             while self.outbox:
+                self.stalled = True       # stays True only while send_text waits for the client to read
                 await self.ws.send_text(self.outbox.popleft())
+                self.stalled = False
+                if self.space is not None:
+                    self.space.set()
         except Exception:  # the socket went away; the receive loop will notice and clean up
             self.closed = True
             self.outbox.clear()
         finally:
             self.writer = None
+            self.stalled = False
+            if not self.outbox:
+                self.outbox = IDLE_OUTBOX     # an idle connection holds no deque (~750 bytes each)
+            if self.space is not None:
+                self.space.set()
+
+    async def wait_room(self, frames: int) -> None:
+        """Wait until ``frames`` more fit in the outbox (or the connection closed).
+
+        Catch-up from the log paces itself on this: a resume after hundreds of missed messages must
+        not overflow the outbox and get the client cut as a slow consumer, over and over."""
+        while not self.closed and len(self.outbox) + frames > self.limit:
+            if self.space is None:
+                self.space = asyncio.Event()
+            self.space.clear()
+            await self.space.wait()
 
     def close(self, code: int, reason: str) -> None:
         """Close from anywhere without awaiting (suspension, slow consumer, shutdown).
@@ -77,12 +109,17 @@ class Conn:
             return
         self.closed = True
         self.close_code = code
+        if self.space is not None:
+            self.space.set()
         asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         try:
             if self.writer is not None:
                 await asyncio.wait_for(asyncio.shield(self.writer), 2.0)
+        except Exception:
+            pass        # a stalled writer (slow consumer) must not keep the close from being sent
+        try:
             await self.ws.close(code, reason)
         except Exception:
             pass

@@ -198,12 +198,12 @@ class Hub:
             msg = await pubsub.get_message(timeout=self.ping_interval_s)
             if msg is None:
                 continue
+            # anything read proves the link alive: a burst of subscribe confirmations (thousands of
+            # clients signing in at once) can hold the PONG back past the timeout
+            last_pong = time.monotonic()
             kind = msg["type"]
             if kind == "message":
-                last_pong = time.monotonic()
                 self._dispatch(msg["channel"], msg["data"])
-            elif kind == "pong":
-                last_pong = time.monotonic()
             elif kind == "subscribe":
                 fut = self._confirm.pop(msg["channel"], None)
                 if fut is not None and not fut.done():
