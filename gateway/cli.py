@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import secrets
 import sys
@@ -16,6 +17,7 @@ MIN_SECRET = 32
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway import log_privacy
     from gateway.app import create_app
     from gateway.embedded import EmbeddedRedis
 
@@ -35,10 +37,17 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings(**{**settings.__dict__, "redis_url": embedded.start()})
     try:
         print(f"Aftertalk is up: open http://{settings.host}:{settings.port}/", flush=True)
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                    ws="websockets-sansio", ws_max_size=settings.max_frame_bytes, ws_per_message_deflate=False,
-                    ws_ping_interval=settings.ping_interval_s, ws_ping_timeout=settings.ping_timeout_s,
-                    lifespan="on", access_log=False, proxy_headers=True, server_header=False)
+        config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                                log_level=settings.log_level, ws="websockets-sansio",
+                                ws_max_size=settings.max_frame_bytes, ws_per_message_deflate=False,
+                                ws_ping_interval=settings.ping_interval_s, ws_ping_timeout=settings.ping_timeout_s,
+                                lifespan="on", access_log=False, proxy_headers=True, server_header=False)
+        log_privacy.install()        # after uvicorn configured logging: no frame, text or token in any log line
+        server = uvicorn.Server(config)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+        if not server.started:
+            return 3             # could not start (port taken, startup failed), as uvicorn.run reports it
     finally:
         if embedded:
             embedded.stop()
@@ -66,11 +75,10 @@ def _store_command(args: argparse.Namespace) -> int:
 
 
 async def _run_store_command(args: argparse.Namespace, settings: Settings) -> int:
-    import redis.asyncio as aioredis
-
     from gateway.keys import Keys
+    from gateway.redis_client import make_redis
 
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = make_redis(settings.redis_url, decode=True)
     keys = Keys(settings.key_prefix)
     try:
         if args.command == "erase-user":
@@ -94,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run a gateway process")
     serve.add_argument("--host", default=None, help=f"bind address (env {ENV_NAMES['host']}, default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help=f"port (env {ENV_NAMES['port']}, default 8000)")
-    serve.add_argument("--redis-url", default=None, help=f"Redis URL (env {ENV_NAMES['redis_url']}); "
+    serve.add_argument("--redis-url", default=None, help=f"Redis URL (env {ENV_NAMES['redis_url']}): "
+                       "redis://host:port/0, or redis+cluster://host:port[,host:port...] for Redis Cluster; "
                        "without one an embedded redis-server is started")
     serve.add_argument("--data-dir", default=None, help=f"embedded Redis data (env {ENV_NAMES['data_dir']})")
     serve.add_argument("--demo", action="store_true", help="demo sign-in page; makes up a secret if none is set")

@@ -1,0 +1,336 @@
+"""The service on a local Redis Cluster (three primaries), chosen by a ``redis+cluster://`` URL.
+
+Redis Cluster itself enforces the layout of gateway/keys.py: a script that touches a key
+of another slot than its first key fails ("Script attempted to access keys that do not
+hash to the same slot"), and a MULTI across slots fails with CROSSSLOT.  So running every
+script and every transaction here, with the control plane and the conversation logs on
+different nodes, is the proof that each keeps to one slot.  Then two gateway processes
+match, chat, resume and escalate a crisis through the cluster, and a gateway whose pub/sub
+node dies moves to another node by itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from chat import audit
+from chat.erasure import erase_user
+from chat.flags import FlagStore
+from chat.retention import purge_expired
+from chat.store import ChatStore
+from gateway.keys import Keys
+from gateway.redis_client import ClusterClient, make_cluster, make_redis, parse_cluster_url
+from matcher.profile import parse_profile
+from matcher.store import MatchStore, MatcherConfig
+from matcher.vocabulary import load_vocabulary
+from support.chat_pair import PROFILE, match_pair, messages, outcomes, send_frame, wait_for
+from support.checker import check
+from support.gateway import Client, GatewayProcess, token
+from support.redis_cluster import RedisClusterNodes
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    nodes = RedisClusterNodes(primaries=3).start()
+    yield nodes
+    nodes.cleanup()
+
+
+@pytest.fixture
+def cluster_gateways(cluster, prefix, tmp_path):
+    started: list[GatewayProcess] = []
+
+    def start(n: int, url: str | None = None, **env: str) -> list[GatewayProcess]:
+        url = url or cluster.url
+        procs = [GatewayProcess(url, prefix, log_dir=str(tmp_path), **env).start(wait=False) for _ in range(n)]
+        for p in procs:
+            p.wait_ready()
+        started.extend(procs)
+        return procs
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def conversation_elsewhere(nodes: RedisClusterNodes, keys: Keys) -> str:
+    """A conversation id whose slot lives on another primary than the control plane's."""
+    ctl_node = nodes.owner_of(keys.stats)
+    while True:
+        cid = uuid.uuid4().hex[:12]
+        if nodes.owner_of(keys.conv_meta(cid)) != ctl_node:
+            return cid
+
+
+# every Lua script of the code base, each run at least once by the test below
+EXERCISED_SCRIPTS = {
+    "matcher": {"availability", "request", "cancel", "respond", "presence", "tick", "end", "suspend"},
+    "chat": {"open", "append", "end", "feedback", "erase", "flag_create", "flag_ack", "flag_resolve"},
+}
+
+
+def test_the_slot_test_below_knows_every_script():
+    root = Path(__file__).resolve().parents[2]
+    for package, names in EXERCISED_SCRIPTS.items():
+        present = {p.stem for p in (root / package / "lua").glob("*.lua")} - {"lib"}
+        assert present == names, f"add new {package} scripts to test_every_script_and_transaction_keeps_to_one_slot"
+
+
+async def test_every_script_and_transaction_keeps_to_one_slot(cluster, prefix):
+    redis = make_redis(cluster.url, decode=True)
+    assert isinstance(redis, ClusterClient)
+    keys = Keys(prefix)
+    vocabulary = load_vocabulary()
+    profile = parse_profile(PROFILE, vocabulary)
+    match = MatchStore(redis, keys, MatcherConfig(offer_timeout_s=30))
+    chat = ChatStore(redis, keys)
+    flags = FlagStore(redis, keys)
+    try:
+        # matcher: availability, presence, request, offer, decline, accept, tick, end, cancel, suspend
+        await match.connected("sv1", "c1")
+        await match.connected("sv2", "c2")
+        await match.set_availability("sv1", "Sam", available=True, profile=profile, max_chats=1, auto_accept=False)
+        await match.set_availability("sv2", "Sue", available=True, profile=profile, max_chats=1, auto_accept=False)
+        await match.connected("pt1", "c3")
+        state, _ = await match.talk_now("pt1", "Pat", profile)
+        assert state["state"] == "offered"
+        first = "sv1" if await redis.scard(keys.survivor_offers("sv1")) else "sv2"
+        offer = (await redis.smembers(keys.survivor_offers(first))).pop()
+        await match.respond(first, offer, accept=False)
+        second = "sv2" if first == "sv1" else "sv1"
+        offer = (await redis.smembers(keys.survivor_offers(second))).pop()
+        out, created = await match.respond(second, offer, accept=True)
+        assert out["outcome"] == "accepted" and len(created) == 1
+        await match.tick()
+        state = await match.user_state("pt1", "patient")          # a cross-key pipeline on {ctl}
+        assert [c["conversation_id"] for c in state["conversations"]] == [created[0].id]
+        await match.connected("pt2", "c4")
+        await match.talk_now("pt2", "Paz", profile)
+        await match.cancel("pt2")
+        await match.suspend("pt2", 0, "test")
+        await match.disconnected("pt2", "c4")
+
+        # chat: open, append, end, feedback, on a conversation on another node than {ctl}
+        cid = conversation_elsewhere(cluster, keys)
+        await chat.open(cid, epoch="e1", patient=("pt1", "Pat"), survivor=(second, "Sam"))
+        for i in range(3):
+            appended = await chat.append(cid, sender_id="pt1", name="Pat", role="patient", client_id=f"m{i}",
+                                         text=f"hello {i}", shown="")
+            assert appended.seq == i + 1
+        assert [m.seq for m in await chat.read_after(cid, 1)] == [2, 3]
+
+        # flags and audit: {ctl} scripts that also write the audit stream
+        raised = await flags.raise_flags(cid, 3, [("crisis", "high")], "hello 2")
+        assert await flags.acknowledge(cid, "mod1") == 1
+        entry = audit.entry_fields(who="mod1", who_name="Mo", action=audit.RESOLVE, conversation_id=cid)
+        resolved = await flags.resolve(raised[0]["flag_id"], cid, "mod1", "handled", entry)
+        assert resolved["resolved"] is True
+        await audit.record(redis, keys, who="mod1", who_name="Mo", action=audit.WATCH, conversation_id=cid)
+        assert len((await audit.page(redis, keys))["entries"]) == 2
+
+        assert await chat.end(cid, "pt1") is True
+        await chat.feedback(cid, "pt1", 5, "thank you")
+        await match.end(created[0].id, "pt1", "patient")
+
+        # erasure: a script per conversation, a MULTI on {ctl}, and an AOF rewrite on every node
+        await redis.sadd(keys.user_history("pt1"), cid)
+        assert await erase_user(redis, keys, chat, "pt1", aof_wait_s=10) == 3
+        assert {m.text for m in await chat.read_after(cid, 0)} == {""}
+
+        # retention: a DEL per conversation slot, then a MULTI on {ctl}
+        await redis.zadd(keys.ended, {cid: 1})
+        assert await purge_expired(redis, keys, now_s=100, retention_s=10) == 1
+        assert await chat.meta(cid) is None
+
+        # and Redis Cluster does refuse what the layout forbids, so the checks above mean something
+        with pytest.raises(Exception, match="same slot|CROSSSLOT"):
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.delete(keys.stats, keys.conv_meta(cid))
+                await pipe.execute()
+        with pytest.raises(Exception, match="same slot|non local key"):
+            await redis.eval("return redis.call('GET', ARGV[1])", 1, keys.stats, keys.conv_meta(cid))
+    finally:
+        await redis.aclose()
+
+
+async def test_a_burst_waits_for_connections_instead_of_failing(cluster, prefix):
+    """redis-py's asyncio cluster client raises MaxConnectionsError when a node's pool is used up;
+    ours makes commands and pipelines wait for a slot, as the single-node BlockingConnectionPool does."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.exceptions import MaxConnectionsError
+
+    port = cluster.ports[0]
+    bare = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", port)], max_connections=2)
+    ours = make_cluster(parse_cluster_url(f"redis+cluster://127.0.0.1:{port}"), decode=True, max_in_flight=1)
+    keys = [f"{prefix}:{{k{i}}}" for i in range(30)]
+    try:
+        with pytest.raises(MaxConnectionsError):
+            await asyncio.gather(*(bare.blpop([key], timeout=0.2) for key in keys * 3))
+
+        async def piped(key: str) -> list:
+            async with ours.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.incr(key)
+                return await pipe.execute()
+
+        results = await asyncio.gather(*(ours.blpop([key], timeout=0.01) for key in keys),
+                                       *(ours.incr(key) for key in keys), *(piped(key) for key in keys))
+        assert results[30:60] == [1] * 30 and results[60:] == [[2, 3]] * 30
+        assert all(len(node._connections) <= 2 for node in ours.get_nodes())
+    finally:
+        await bare.aclose()
+        await ours.aclose()
+
+
+async def test_two_gateways_match_chat_resume_on_the_cluster(cluster_gateways):
+    g1, g2 = cluster_gateways(2)
+    pair = await match_pair(g1.ws_url, g2.ws_url)
+    cid = pair.cid
+    for i in range(10):
+        sender = pair.patient if i % 2 == 0 else pair.survivor
+        await sender.send(send_frame(cid, f"m{i}", f"text {i}"))
+    for c in (pair.patient, pair.survivor):
+        await wait_for(lambda c=c: len(messages(c.frames, cid)) >= 10, 10, "every message at both ends")
+    await wait_for(lambda: len(outcomes(pair.patient.frames, cid)) == 5, 5, "the patient's acks")
+    # the patient drops; the survivor goes on; the patient resumes on the other gateway
+    last_seq = messages(pair.patient.frames, cid)[-1][0]
+    await pair.patient.close()
+    for i in range(5):
+        await pair.survivor.send(send_frame(cid, f"missed{i}"))
+    await wait_for(lambda: len(outcomes(pair.survivor.frames, cid)) == 10, 5, "acks of the missed messages")
+    back = await Client.connect(g2.ws_url, pair.patient_token, resume={cid: last_seq})
+    assert [c["conversation_id"] for c in back.welcome["conversations"]] == [cid]
+    await back.send(send_frame(cid, "after", "I am back"))
+    await wait_for(lambda: ("after" in {c for _, c in messages(pair.survivor.frames, cid)}), 5, "the reply")
+    await wait_for(lambda: len(messages(back.frames, cid)) >= 6, 5, "missed messages and the reply")
+    await wait_for(lambda: "after" in outcomes(back.frames, cid), 5, "the ack of the reply")
+    got = messages(back.frames, cid)
+    assert [c for _, c in got[:5]] == [f"missed{i}" for i in range(5)]
+    sent = {**outcomes(pair.patient.frames, cid), **outcomes(pair.survivor.frames, cid), **outcomes(back.frames, cid)}
+    report = check(sent, {"patient": messages(pair.patient.frames, cid) + got,
+                          "survivor": messages(pair.survivor.frames, cid)}, expect_all_seqs=True)
+    assert report.ok(), report.summary()
+    await back.close()
+    await pair.survivor.close()
+
+
+async def test_a_crisis_message_reaches_a_moderator_on_the_other_gateway(cluster_gateways):
+    pytest.importorskip("gateway.safety")
+    g1, g2 = cluster_gateways(2)
+    moderator = await Client.connect(g2.ws_url, token("moderator", name="Mo"))
+    await moderator.send({"type": "watch_flags"})
+    await moderator.expect("flags")
+    pair = await match_pair(g1.ws_url, g1.ws_url)
+    await pair.patient.send(send_frame(pair.cid, "cr1", "I want to end my life"))
+    await pair.patient.expect("ack", client_id="cr1")
+    flag = await moderator.expect("flag", timeout=5, conversation_id=pair.cid)
+    assert flag["category"] == "crisis"
+    await pair.patient.expect("resources")
+    await moderator.send({"type": "watch", "conversation_id": pair.cid})
+    history = await moderator.expect("history", conversation_id=pair.cid)
+    assert any(m["client_id"] == "cr1" for m in history["messages"])
+    for c in (moderator, pair.patient, pair.survivor):
+        await c.close()
+
+
+def pubsub_links(nodes: RedisClusterNodes) -> dict[int, int]:
+    """Live node port -> how many pub/sub connections it holds (the gateways' hub links)."""
+    import redis as sync_redis
+
+    links = {}
+    for port in nodes.ports:
+        if nodes.alive(port):
+            with sync_redis.Redis(port=port) as r:
+                links[port] = len(r.client_list(_type="pubsub"))
+    return links
+
+
+async def test_when_the_one_node_the_gateways_know_dies_they_fail_over_and_move_their_pubsub(cluster_gateways):
+    """Three primaries with a replica each, and gateways given ONE node in their URL: kill that node (a
+    primary, where both hubs listen); its replica takes over, the gateways find the other nodes by
+    themselves, the hubs move there, and the chat goes on with nothing acknowledged lost."""
+    nodes = RedisClusterNodes(primaries=3, replicas=1, node_timeout_ms=1000).start()
+    try:
+        g1, g2 = cluster_gateways(2, url=f"redis+cluster://127.0.0.1:{nodes.ports[0]}")
+        pair = await match_pair(g1.ws_url, g2.ws_url)
+        cid = pair.cid
+        for i in range(4):
+            await (pair.patient if i % 2 == 0 else pair.survivor).send(send_frame(cid, f"before{i}"))
+        for c in (pair.patient, pair.survivor):
+            await wait_for(lambda c=c: len(messages(c.frames, cid)) >= 4, 5, "messages before the kill")
+            await wait_for(lambda c=c: len(outcomes(c.frames, cid)) == 2, 5, "acks before the kill")
+        await asyncio.get_running_loop().run_in_executor(None, wait_replicated, nodes)
+        # the gateways knew only this node when they started, so both hubs listen there; it is a primary
+        victim = nodes.ports[0]
+        assert pubsub_links(nodes)[victim] == 2
+        assert nodes.role(victim) == "master"
+        nodes.kill(victim)
+        await asyncio.get_running_loop().run_in_executor(None, nodes.wait_failover, victim)
+        # the hubs notice (ping timeout or a reset), move to a live node and catch up
+        for i in range(6):
+            sender = pair.patient if i % 2 == 0 else pair.survivor
+            await send_until_acked(sender, cid, f"after{i}")
+        for name, c in (("patient", pair.patient), ("survivor", pair.survivor)):
+            await wait_for(lambda c=c: len(messages(c.frames, cid)) >= 10, 15,
+                           f"messages after the kill at the {name}: {messages(c.frames, cid)} "
+                           f"links {pubsub_links(nodes)}")
+        assert sum(pubsub_links(nodes).values()) == 2          # each gateway's hub, on a live node
+        sent = {**outcomes(pair.patient.frames, cid), **outcomes(pair.survivor.frames, cid)}
+        report = check(sent, {"patient": messages(pair.patient.frames, cid),
+                              "survivor": messages(pair.survivor.frames, cid)}, expect_all_seqs=True)
+        assert report.ok(), report.summary()
+        await pair.patient.close()
+        await pair.survivor.close()
+    finally:
+        nodes.cleanup()
+
+
+def wait_replicated(nodes: RedisClusterNodes, timeout: float = 10.0) -> None:
+    """Until every primary has an online replica holding everything the primary had written when this
+    was called (so that the replica can take over, and killing the primary loses nothing acknowledged)."""
+    import time
+
+    import redis as sync_redis
+
+    def replication() -> dict[int, dict]:
+        out = {}
+        for port in nodes.ports:
+            with sync_redis.Redis(port=port, decode_responses=True) as r:
+                out[port] = r.info("replication")
+        return out
+
+    written = {port: int(info["master_repl_offset"]) for port, info in replication().items()
+               if info.get("role") == "master"}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        infos = replication()
+        if all(any(v.get("state") == "online" and int(v["offset"]) >= offset
+                   for k, v in infos[port].items() if k.startswith("slave") and isinstance(v, dict))
+               for port, offset in written.items()):
+            return
+        time.sleep(0.05)
+    raise AssertionError("replicas did not catch up")
+
+
+async def send_until_acked(client: Client, cid: str, client_id: str, timeout: float = 15.0) -> None:
+    """Send, and send the same client id again after an error (e.g. 'unavailable' while the cluster
+    fails over), until it is acknowledged: the idempotent retry a real client makes."""
+    deadline = asyncio.get_running_loop().time() + timeout
+
+    def answers() -> int:
+        return sum(1 for f in client.frames if f.get("client_id") == client_id and f["type"] in ("ack", "error"))
+
+    while True:
+        before = answers()
+        await client.send(send_frame(cid, client_id))
+        await wait_for(lambda: answers() > before, 5, f"an answer to {client_id}")
+        if isinstance(outcomes(client.frames, cid).get(client_id), int):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{client_id} was never acknowledged: {client.frames[-5:]}")
+        await asyncio.sleep(0.2)
