@@ -167,6 +167,11 @@ class Service:
                 if epoch is not None and epoch != conv["epoch"]:
                     failed.append({"conversation_id": cid, "reason": "epoch_changed"})
                     seq = 0
+                elif seq > conv["last_seq"]:
+                    # the client saw messages the log no longer has (a failover lost acknowledged
+                    # writes): never hand those seqs out again as if nothing happened
+                    failed.append({"conversation_id": cid, "reason": "log_behind"})
+                    seq = 0
                 conn.delivered[cid] = seq
             else:
                 conn.delivered[cid] = conv["last_seq"]
@@ -175,6 +180,9 @@ class Service:
             meta = await self.chat.meta(cid)
             if meta and meta.participant(uid) and (epoch is None or epoch == meta.epoch):
                 self.hub.epochs[cid] = meta.epoch
+                if seq > meta.seq:
+                    failed.append({"conversation_id": cid, "reason": "log_behind"})
+                    seq = 0
                 conn.delivered[cid] = seq
             elif epoch is not None:
                 failed.append({"conversation_id": cid, "reason": "log_unavailable"})
