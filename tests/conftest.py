@@ -37,18 +37,8 @@ async def redis(redis_server):
 @pytest.fixture
 def gateways(redis_server, prefix, tmp_path):
     """Start gateway processes on the test Redis: ``gateways(2, AFTERTALK_OFFER_TIMEOUT_S=1)``."""
-    from support.gateway import GatewayProcess
+    from support.gateway import GatewayLauncher
 
-    started: list[GatewayProcess] = []
-
-    def start(n: int = 1, **env):
-        procs = [GatewayProcess(redis_server.url, prefix, log_dir=str(tmp_path), **env).start(wait=False)
-                 for _ in range(n)]
-        for p in procs:
-            p.wait_ready()
-        started.extend(procs)
-        return procs
-
-    yield start
-    for p in started:
-        p.stop()
+    launcher = GatewayLauncher(redis_server.url, prefix, str(tmp_path))
+    yield launcher
+    launcher.stop_all()

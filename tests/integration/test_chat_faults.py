@@ -24,7 +24,7 @@ import websockets
 
 from support.chat_pair import Side, http_status, match_pair, messages, metric, outcomes, send_frame, wait_for
 from support.checker import check
-from support.gateway import ROOT, Client, GatewayProcess
+from support.gateway import ROOT, Client, GatewayLauncher, GatewayProcess
 from support.redis_server import RedisServer
 
 FAST = {"AFTERTALK_SEND_RATE_PER_S": "1000", "AFTERTALK_SEND_BURST": "1000",
@@ -54,19 +54,9 @@ def private_redis():
 @pytest.fixture
 def private_gateways(private_redis, prefix, tmp_path):
     """Gateway processes on the private Redis: ``private_gateways(2, **env)``."""
-    started: list[GatewayProcess] = []
-
-    def start(n: int, **env: Any) -> list[GatewayProcess]:
-        procs = [GatewayProcess(private_redis.url, prefix, log_dir=str(tmp_path), **{**FAST, **env}).start(wait=False)
-                 for _ in range(n)]
-        for p in procs:
-            p.wait_ready()
-        started.extend(procs)
-        return procs
-
-    yield start
-    for p in started:
-        p.stop()
+    launcher = GatewayLauncher(private_redis.url, prefix, str(tmp_path), **FAST)
+    yield launcher
+    launcher.stop_all()
 
 
 @pytest_asyncio.fixture

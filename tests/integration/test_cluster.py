@@ -28,7 +28,7 @@ from matcher.store import MatchStore, MatcherConfig
 from matcher.vocabulary import load_vocabulary
 from support.chat_pair import PROFILE, match_pair, messages, outcomes, send_frame, wait_for
 from support.checker import check
-from support.gateway import Client, GatewayProcess, token
+from support.gateway import Client, GatewayLauncher, token
 from support.redis_cluster import RedisClusterNodes
 
 pytestmark = pytest.mark.timeout(90)
@@ -43,19 +43,9 @@ def cluster():
 
 @pytest.fixture
 def cluster_gateways(cluster, prefix, tmp_path):
-    started: list[GatewayProcess] = []
-
-    def start(n: int, url: str | None = None, **env: str) -> list[GatewayProcess]:
-        url = url or cluster.url
-        procs = [GatewayProcess(url, prefix, log_dir=str(tmp_path), **env).start(wait=False) for _ in range(n)]
-        for p in procs:
-            p.wait_ready()
-        started.extend(procs)
-        return procs
-
-    yield start
-    for p in started:
-        p.stop()
+    launcher = GatewayLauncher(cluster.url, prefix, str(tmp_path))
+    yield launcher
+    launcher.stop_all()
 
 
 def conversation_elsewhere(nodes: RedisClusterNodes, keys: Keys) -> str:

@@ -151,3 +151,23 @@ class Client:
     async def close(self) -> None:
         await self.ws.close()
         self._reader.cancel()
+
+
+class GatewayLauncher:
+    """Starts gateway processes in parallel and stops every one it started (a fixture's body)."""
+
+    def __init__(self, redis_url: str, prefix: str, log_dir: str, **default_env: Any) -> None:
+        self.redis_url, self.prefix, self.log_dir, self.default_env = redis_url, prefix, log_dir, default_env
+        self.started: list[GatewayProcess] = []
+
+    def __call__(self, n: int = 1, url: str | None = None, **env: Any) -> list[GatewayProcess]:
+        procs = [GatewayProcess(url or self.redis_url, self.prefix, log_dir=self.log_dir,
+                                **{**self.default_env, **env}).start(wait=False) for _ in range(n)]
+        for p in procs:
+            p.wait_ready()
+        self.started.extend(procs)
+        return procs
+
+    def stop_all(self) -> None:
+        for p in self.started:
+            p.stop()
