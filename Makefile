@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: run test unit bench-match bench-relay clean
+.PHONY: run test unit bench-match bench-relay bench-soak clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,30 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 bench-match: $(STAMP)
-	$(BIN)/python bench/match_bench.py
+	$(BIN)/python bench/match_bench.py $(ARGS)
+
+# the Django Channels peer lives in its own venv: never part of the project's dependencies
+PEERS_VENV := bench/.venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell cat bench/peers/requirements.txt | md5sum | cut -c1-8)
+
+$(PEERS_STAMP): bench/peers/requirements.txt
+	$(PY) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/pip install -q -r bench/peers/requirements.txt
+	touch $(PEERS_STAMP)
+
+bench-relay: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python bench/relay_bench.py $(ARGS)
+
+bench-soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(ARGS)
+
+.PHONY: bench-load bench-idle
+bench-load: $(STAMP)
+	$(BIN)/python bench/load_test.py $(ARGS)
+
+bench-idle: $(STAMP)
+	$(BIN)/python bench/idle_conns.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .aftertalk-data

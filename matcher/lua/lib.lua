@@ -77,13 +77,34 @@ end
 
 -- ---------------------------------------------------------------- survivor index
 -- A survivor is "indexed" (findable) iff available, online, under capacity, not cooling down,
--- under the daily cap and not suspended.  Index: ix:dx:<code>, ix:se:<code>, ix:lang:<code> sets
--- and ix:wait (zset by time of last match: smaller waited longer).
+-- under the daily cap and not suspended.  Index (sorted sets scored by rank_score):
+-- ix:rank:dx:<code>, ix:rank:se:<code>, and ix:rank:ds:<dx>:<se> for each pair of the survivor's
+-- diagnoses and side effects; ix:lang:<code> sets; ix:wait (zset by time of last match: smaller
+-- waited longer).
+--
+-- rank_score folds the wait into the topic indexes: 1 + a bonus that shrinks as the time of the
+-- last match grows, (2^33 - last) * 2^-47 < 2^-14.  A ZUNIONSTORE of such sets with integer
+-- weights scores a survivor c * (1 + bonus), c the weighted count of sets they are in; with
+-- c <= 12012 < 2^14 (profiles hold at most 12 codes a list) the bonus never lifts anyone into
+-- the next count, so a union read from the top is in ranking order (count, then longest wait, to
+-- ~0.1 s; first_eligible settles closer ties exactly).
+local function rank_score(last)
+  return 1 + (8589934592 - tonumber(last or '0')) * 7.105427357601002e-15
+end
+
 local function index_sets(sv, op)
-  for _, kind in ipairs({'dx', 'se', 'lang'}) do
-    for _, code in ipairs(cjson.decode(sv[kind] or '[]')) do
-      redis.call(op, P .. 'ix:' .. kind .. ':' .. code, sv.id)
-    end
+  local add, score, id = op == 'SADD', rank_score(sv.last), sv.id
+  local function z(key)
+    if add then redis.call('ZADD', key, score, id) else redis.call('ZREM', key, id) end
+  end
+  local dx, se = cjson.decode(sv.dx or '[]'), cjson.decode(sv.se or '[]')
+  for _, d in ipairs(dx) do
+    z(P .. 'ix:rank:dx:' .. d)
+    for _, e in ipairs(se) do z(P .. 'ix:rank:ds:' .. d .. ':' .. e) end
+  end
+  for _, e in ipairs(se) do z(P .. 'ix:rank:se:' .. e) end
+  for _, code in ipairs(cjson.decode(sv.lang or '[]')) do
+    redis.call(op, P .. 'ix:lang:' .. code, id)
   end
 end
 
@@ -138,39 +159,118 @@ local function shared_json(rq, sv)
          ',"side_effects":' .. jarr(intersect(cjson.decode(rq.se), cjson.decode(sv.se))) .. '}'
 end
 
--- Best indexed survivor for a waiting request: most shared diagnoses, then most shared side
--- effects (ZUNIONSTORE with weights 1000 and 1 does the counting in C), then longest wait.
-local function best_survivor(pid, rq)
-  local args = {P .. 'tmp', 0}
-  local weights = {'WEIGHTS'}
-  for _, d in ipairs(cjson.decode(rq.dx)) do args[#args + 1] = P .. 'ix:dx:' .. d; weights[#weights + 1] = 1000 end
-  for _, s in ipairs(cjson.decode(rq.se)) do args[#args + 1] = P .. 'ix:se:' .. s; weights[#weights + 1] = 1 end
-  args[2] = #args - 2
-  if args[2] == 0 then return nil end
-  for _, w in ipairs(weights) do args[#args + 1] = w end
-  redis.call('ZUNIONSTORE', unpack(args))
-  local minscore = 1
-  if tonumber(rq.strict or '0') > NOW then minscore = 1000 end
-  local best, best_score, best_last = nil, nil, nil
+-- The first eligible survivor of a ranked sorted set (see rank_score), read from the top; those
+-- whose wait is within 1 s of that one's (below rank_score's resolution) are compared on their
+-- exact time of last match.  Returns sid, last (or nil).
+local function first_eligible(pid, rq, key, minscore)
+  local best, best_last, floor = nil, nil, nil
   local offset = 0
   while true do
-    local batch = redis.call('ZREVRANGEBYSCORE', P .. 'tmp', '+inf', minscore, 'WITHSCORES', 'LIMIT', offset, 64)
-    if #batch == 0 then break end
+    local batch = redis.call('ZREVRANGEBYSCORE', key, '+inf', minscore, 'WITHSCORES', 'LIMIT', offset, 32)
     for i = 1, #batch, 2 do
       local sid, score = batch[i], tonumber(batch[i + 1])
-      if best_score and score < best_score then
-        redis.call('DEL', P .. 'tmp')
-        return best
-      end
+      if floor and score < floor then return best, best_last end
       if pair_ok(pid, rq, sid) then
         local last = tonumber(redis.call('ZSCORE', P .. 'ix:wait', sid) or '0')
-        if not best or last < best_last then best, best_score, best_last = sid, score, last end
+        if not best then
+          best, best_last = sid, last
+          floor = score - math.floor(score) * 7.105427357601002e-15     -- 1 s of rank_score bonus
+        elseif last < best_last then
+          best, best_last = sid, last
+        end
       end
     end
-    offset = offset + 64
+    if #batch < 64 then return best, best_last end      -- 32 members with their scores
+    offset = offset + 32
   end
-  redis.call('DEL', P .. 'tmp')
-  return best
+end
+
+-- Keep only speakers of the request's languages in the ranked set ``key`` (a scratch key) when
+-- they are fewer than its members, so the read never walks past many survivors the patient
+-- cannot talk to.  Returns the key to read.
+local function narrow(rq, key, size, scratch)
+  local langs = cjson.decode(rq.lang)
+  local speakers = 0
+  for _, l in ipairs(langs) do speakers = speakers + redis.call('SCARD', P .. 'ix:lang:' .. l) end
+  if speakers >= size then return key end
+  local lang_key = P .. 'ix:lang:' .. langs[1]
+  if #langs > 1 then
+    lang_key = P .. 'tmp:lang'
+    local sets = {}
+    for i, l in ipairs(langs) do sets[i] = P .. 'ix:lang:' .. l end
+    redis.call('SUNIONSTORE', lang_key, unpack(sets))
+  end
+  redis.call('ZINTERSTORE', scratch, 2, key, lang_key, 'WEIGHTS', 1, 0)
+  if #langs > 1 then redis.call('DEL', lang_key) end
+  return scratch
+end
+
+-- The best eligible survivor in the union of ranked sets keys[i] (weights[i]) with a score of at
+-- least minscore.  Returns sid, last (or nil).
+local function ranked_union(pid, rq, keys, weights, minscore)
+  if #keys == 0 then return nil end
+  local tmp = P .. 'tmp'
+  local args = {tmp, #keys}
+  for _, k in ipairs(keys) do args[#args + 1] = k end
+  args[#args + 1] = 'WEIGHTS'
+  for _, w in ipairs(weights) do args[#args + 1] = w end
+  local found = redis.call('ZUNIONSTORE', unpack(args))
+  if found == 0 then return nil end
+  local sid, last = first_eligible(pid, rq, narrow(rq, tmp, found, tmp), minscore)
+  redis.call('UNLINK', tmp)
+  return sid, last
+end
+
+-- Best indexed survivor for a waiting request: most shared diagnoses, then most shared side
+-- effects, then longest wait.  The work is kept to the survivors that can win, in stages:
+--   1. survivors sharing a diagnosis AND a side effect: the union of the ix:rank:ds pairs of the
+--      patient's codes, ranked by shared side effects (with two diagnoses, those sharing both come
+--      first, whatever their side effects);
+--   2. survivors sharing a diagnosis only: the longest waiting in ix:rank:dx;
+--   3. (not while holding out for a same diagnosis) side effects only: the union of ix:rank:se.
+-- A stage reads its union from the top and stops at the first eligible survivor; unions of
+-- stage 1 hold the survivors who share a diagnosis and a side effect, not everyone who shares
+-- a common side effect such as fatigue.  Patients with three or more diagnoses (rare) take the
+-- single weighted union of every topic set (1000 per diagnosis, 1 per side effect).
+local function best_survivor(pid, rq)
+  local dx, se = cjson.decode(rq.dx), cjson.decode(rq.se)
+  local strict = tonumber(rq.strict or '0') > NOW
+  if #dx > 2 then
+    local keys, weights = {}, {}
+    for _, d in ipairs(dx) do keys[#keys + 1] = P .. 'ix:rank:dx:' .. d; weights[#weights + 1] = 1000 end
+    for _, e in ipairs(se) do keys[#keys + 1] = P .. 'ix:rank:se:' .. e; weights[#weights + 1] = 1 end
+    return (ranked_union(pid, rq, keys, weights, strict and 1000 or 1))
+  end
+  if #dx > 0 then
+    local keys, weights = {}, {}
+    local both = P .. 'tmp:both'
+    if #dx == 2 and redis.call('ZINTERSTORE', both, 2, P .. 'ix:rank:dx:' .. dx[1], P .. 'ix:rank:dx:' .. dx[2],
+                               'WEIGHTS', 1000, 0) > 0 then
+      keys[1], weights[1] = both, 1
+    end
+    for _, d in ipairs(dx) do
+      for _, e in ipairs(se) do keys[#keys + 1] = P .. 'ix:rank:ds:' .. d .. ':' .. e; weights[#weights + 1] = 1 end
+    end
+    local sid = ranked_union(pid, rq, keys, weights, 1)
+    redis.call('UNLINK', both)
+    if sid then return sid end
+    local best, best_last = nil, nil
+    for _, d in ipairs(dx) do
+      local key = P .. 'ix:rank:dx:' .. d
+      local size = redis.call('ZCARD', key)
+      if size > 0 then
+        local read = narrow(rq, key, size, P .. 'tmp')
+        local cand, last = first_eligible(pid, rq, read, 1)
+        if read ~= key then redis.call('UNLINK', read) end
+        if cand and (not best or last < best_last) then best, best_last = cand, last end
+      end
+    end
+    if best then return best end
+  end
+  if strict then return nil end
+  local keys, weights = {}, {}
+  for _, e in ipairs(se) do keys[#keys + 1] = P .. 'ix:rank:se:' .. e; weights[#weights + 1] = 1 end
+  return (ranked_union(pid, rq, keys, weights, 1))
 end
 
 -- Whether an indexed survivor suits a waiting request (the survivor-side view of best_survivor).
@@ -208,6 +308,12 @@ local function create_conversation(of, oid)
   local today = 1
   if sv.day == DAY then today = tonumber(sv.today or '0') + 1 end
   redis.call('HSET', P .. 'sv:' .. sid, 'act', tonumber(sv.act) + 1, 'last', NOW, 'to', 0, 'day', DAY, 'today', today)
+  -- still findable (free slots left): their wait restarts now, or they would win every tie again
+  if sv.idx == '1' then
+    redis.call('ZADD', P .. 'ix:wait', NOW, sid)
+    sv.id, sv.last = sid, NOW
+    index_sets(sv, 'SADD')      -- re-scores the topic indexes (rank_score) too
+  end
   local wait = NOW - tonumber(rq.created or NOW)
   local ewma = tonumber(redis.call('HGET', P .. 'stats', 'wait_ewma') or CFG.ewma_default_s)
   redis.call('HSET', P .. 'stats', 'wait_ewma', 0.8 * ewma + 0.2 * wait)

@@ -1,0 +1,227 @@
+"""Relay benchmark: delivered msgs/s and end-to-end latency, ours against Django Channels, same run.
+
+Usage: ``make bench-relay`` or ``.venv/bin/python bench/relay_bench.py [--pairs 100] [--fixed 1000]
+[--seconds 8] [--systems on,off,core,pubsub] [--no-pin]``
+
+For each system in turn, on one private redis-server (append-only, fsync every second, as deployed):
+two server processes, ``--pairs`` conversations (ours: made by the real matcher scripts, patient on
+process 0, survivor on process 1; Channels: one room per pair, one member on each process), and one
+load-generator process (bench/loadgen.py) in which every client sends at the same fixed rate.
+
+* fixed load: ``--fixed`` msgs/s in total (after a short warm-up);
+* saturation: the offered rate steps up (``--ladder``); a step passes when every message reached the
+  peer (0 lost, nothing duplicated or out of order, no errors, no socket closed) with p99 <= 100 ms.
+  Saturation is the highest passing rate below the first failing one (a failing step is retried once,
+  the machine being shared).
+
+CPU split (2 cores): with pinning (the default) the redis-server and all server processes run on
+core 0 and the load generator on core 1 (``os.sched_setaffinity`` before/after spawning them), so
+every system gets the same one core for Redis plus two server processes.  Each step records the
+servers' CPU use (% of one core, from /proc) and the generator's, and how late the generator ran.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RedisServer, machine, prioritize, stamp  # noqa: E402
+from loadgen import LoadGen  # noqa: E402
+from systems import Aftertalk, ChannelsRelay, System, proc_cpu_seconds  # noqa: E402
+
+DEFAULT_LADDER = [250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 10000]
+P99_LIMIT_MS = 100.0
+CPU_PROBE = 500.0           # the ladder step at which CPU per message is compared
+
+
+def passed(r: dict[str, Any]) -> bool:
+    return (r["lost"] == 0 and r["dup_or_reordered"] == 0 and not r["errors"] and r["closed"] == 0
+            and r["p99_ms"] <= P99_LIMIT_MS)
+
+
+def why_failed(r: dict[str, Any]) -> str:
+    out = []
+    if r["lost"]:
+        out.append(f"{r['lost']} lost")
+    if r["dup_or_reordered"]:
+        out.append(f"{r['dup_or_reordered']} dup/reordered")
+    if r["errors"]:
+        out.append(f"errors {r['errors']}")
+    if r["closed"]:
+        out.append(f"{r['closed']} sockets closed {r.get('close_reasons', '')}")
+    if r["p99_ms"] > P99_LIMIT_MS:
+        out.append(f"p99 {r['p99_ms']:.0f} ms")
+    return ", ".join(out)
+
+
+def make_system(key: str, log_dir: str, code_dir: str = "") -> System:
+    if key in ("on", "off"):
+        return Aftertalk(moderation=key == "on", log_dir=log_dir, code_dir=code_dir)
+    return ChannelsRelay(key, log_dir=log_dir)
+
+
+class Meter:
+    """CPU used by a set of processes between two readings, as % of one core."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0 = time.monotonic()
+        self.c0 = sum(proc_cpu_seconds(p) for p in self.pids)
+
+    def pct(self) -> float:
+        return 100 * (sum(proc_cpu_seconds(p) for p in self.pids) - self.c0) / max(1e-9, time.monotonic() - self.t0)
+
+
+def line(name: str, label: str, r: dict[str, Any]) -> str:
+    return (f"{name:36} {label:10} offered {r['offered_per_s']:6.0f}/s delivered {r['delivered_per_s']:7.0f}/s "
+            f"p50 {r['p50_ms']:6.1f} ms p99 {r['p99_ms']:7.1f} ms lost {r['lost']:5d} "
+            f"| servers {r['server_cpu_pct']:4.0f}% gen {r['gen_cpu_pct']:3.0f}% lag p99 {r['gen_lag_p99_ms']:5.1f} ms"
+            f"{'' if passed(r) else '  FAIL: ' + why_failed(r)}")
+
+
+async def bench_system(system: System, redis: RedisServer, args: argparse.Namespace,
+                       server_cpus: set[int] | None, gen_cpus: set[int] | None) -> dict[str, Any]:
+    if server_cpus:
+        os.sched_setaffinity(0, server_cpus)          # children inherit: the servers land on the server core
+    try:
+        system.start(redis.url)
+    finally:
+        if gen_cpus:
+            os.sched_setaffinity(0, gen_cpus)
+    meter = Meter(system.pids() + [redis.proc.pid])
+    result: dict[str, Any] = {"system": system.name, "fixed": None, "ladder": [], "saturation": None}
+    try:
+        protocol, clients = await system.make_clients(args.pairs)
+        gen = LoadGen(protocol, clients)
+        await gen.connect_all()
+        step = 0
+
+        async def run(rate: float, seconds: float, label: str) -> dict[str, Any]:
+            nonlocal step
+            step += 1
+            meter.reset()
+            r = await gen.run_step(step, rate, seconds)
+            r["server_cpu_pct"] = meter.pct()
+            print(line(system.name, label, r), flush=True)
+            return r
+
+        await run(args.fixed, 3, "warm-up")
+        result["fixed"] = await run(args.fixed, args.seconds, "fixed")
+        for rate in args.ladder:
+            r = await run(rate, args.seconds, "ladder")
+            if not passed(r) and not gen.closed_clients and r["lost"] == 0:
+                r = await run(rate, args.seconds, "retry")
+            result["ladder"].append(r)
+            if not passed(r):
+                break
+            result["saturation"] = r
+        await gen.close_all()
+    finally:
+        system.stop()
+    return result
+
+
+def cpu_us_per_msg(r: dict[str, Any]) -> float:
+    """CPU of the server side (server processes + Redis) per delivered message, in µs."""
+    return r["server_cpu_pct"] / 100 / max(1e-9, r["delivered_per_s"]) * 1e6
+
+
+def report(results: list[dict[str, Any]], command: str, date: str, machine_line: str) -> str:
+    out = [f"Command: `{command}`  ", f"Date: {date}  ", f"Machine: {machine_line}", "",
+           "| system | fixed load: offered | delivered | p50 | p99 | lost "
+           "| saturation: offered | delivered | p50 | p99 | lost | next step failed with "
+           f"| server CPU per delivered msg at {CPU_PROBE:,.0f}/s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for res in results:
+        f, s = res["fixed"], res["saturation"]
+        failed = next((r for r in res["ladder"] if not passed(r)), None)
+        fixed = (f"{f['offered_per_s']:,.0f}/s | {f['delivered_per_s']:,.0f}/s | {f['p50_ms']:.1f} ms "
+                 f"| {f['p99_ms']:.1f} ms | {f['lost']}") if f else "– | – | – | – | –"
+        sat = (f"{s['offered_per_s']:,.0f}/s | {s['delivered_per_s']:,.0f}/s | {s['p50_ms']:.1f} ms "
+               f"| {s['p99_ms']:.1f} ms | {s['lost']}") if s else "none passed | – | – | – | –"
+        nxt = f"{failed['offered_per_s']:,.0f}/s: {why_failed(failed)}" if failed else "(ladder exhausted)"
+        probe = next((r for r in res["ladder"] if r["offered_per_s"] == CPU_PROBE), None)
+        cpu = f"{cpu_us_per_msg(probe):,.0f} µs" if probe else "–"
+        out.append(f"| {res['system']} | {fixed} | {sat} | {nxt} | {cpu} |")
+    out.append("")
+    out.append("Every step (offered/s: lost, p99, server CPU % of one core):")
+    for res in results:
+        steps = ([res["fixed"]] if res["fixed"] else []) + res["ladder"]
+        out.append(f"- {res['system']}: " + "; ".join(
+            f"{r['offered_per_s']:,.0f}: {r['lost']} lost, {r['p99_ms']:,.0f} ms, {r['server_cpu_pct']:.0f} %"
+            for r in steps))
+    return "\n".join(out)
+
+
+async def main(args: argparse.Namespace) -> None:
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        print(report(saved["results"], saved["command"], saved["date"], saved["machine"]))
+        return
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    priority = prioritize(args.nice)
+    ncpu = os.cpu_count() or 1
+    server_cpus = gen_cpus = None
+    if args.pin and ncpu >= 2:
+        server_cpus, gen_cpus = {0}, {1}
+    print(f"# relay benchmark, {stamp()}, {machine()}, load average {os.getloadavg()[0]:.2f}")
+    print(f"# {args.pairs} pairs; servers + redis on CPU {server_cpus or 'any'}, load generator on CPU "
+          f"{gen_cpus or 'any'}; {priority}", flush=True)
+    log_dir = Path(__file__).resolve().parent / "results"
+    log_dir.mkdir(exist_ok=True)
+    if server_cpus:
+        os.sched_setaffinity(0, server_cpus)
+    redis = RedisServer(appendonly=args.aof).start()
+    if gen_cpus:
+        os.sched_setaffinity(0, gen_cpus)
+    results = []
+    try:
+        for key in args.systems:
+            system = make_system(key, str(log_dir), args.gateway_code)
+            results.append(await bench_system(system, redis, args, server_cpus, gen_cpus))
+            import redis as redis_lib
+            redis_lib.Redis.from_url(redis.url).flushall()
+    finally:
+        redis.cleanup()
+    text = report(results, command, stamp(), machine())
+    print()
+    print(text)
+    out = log_dir / f"relay-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"command": command, "machine": machine(), "date": stamp(), "results": results},
+                              indent=1))
+    print(f"\n(raw figures: {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out})")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--fixed", type=float, default=1000, help="fixed offered load, msgs/s in total")
+    parser.add_argument("--seconds", type=float, default=8, help="length of each step")
+    parser.add_argument("--ladder", type=lambda s: [float(x) for x in s.split(",") if x], default=DEFAULT_LADDER,
+                        help="offered rates (msgs/s in total) tried in order to find saturation")
+    parser.add_argument("--systems", type=lambda s: s.split(","), default=["on", "off", "core", "pubsub"],
+                        help="on/off: ours with moderation on/off; core/pubsub: the Channels layers")
+    parser.add_argument("--gateway-code", default="",
+                        help="run our gateways from this directory (a copy of gateway/, chat/, matcher/): "
+                             "before/after figures of a change")
+    parser.add_argument("--report", default="", help="only print the tables of a saved results file")
+    parser.add_argument("--no-aof", dest="aof", action="store_false",
+                        help="run Redis without its append-only file (default: appendonly yes, fsync every second)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="let the OS place the processes")
+    parser.add_argument("--nice", type=int, default=-10,
+                        help="scheduling priority of the run and every process it starts (negative needs root; "
+                             "on a shared machine it keeps other work from skewing the figures)")
+    try:
+        import uvloop
+        uvloop.run(main(parser.parse_args()))
+    except ImportError:
+        asyncio.run(main(parser.parse_args()))
