@@ -109,9 +109,12 @@ class Service:
     async def _presence_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.presence_ttl_s / 3)
-            members = [f"{uid}|{c.id}" for uid, conns in self.hub.by_user.items() for c in conns]
+            live = {f"{uid}|{c.id}": c for uid, conns in self.hub.by_user.items() for c in conns}
             try:
-                await self.match.refresh_presence(members)
+                for member in await self.match.refresh_presence(list(live)):
+                    conn = live[member]
+                    if not conn.closed:    # reaped while alive (a stall longer than the TTL): register again
+                        await self.open_created(await self.match.connected(conn.user.id, conn.id))
             except Exception as exc:
                 log.debug("presence refresh skipped: %s", type(exc).__name__)
 

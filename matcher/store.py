@@ -101,13 +101,21 @@ class MatchStore:
     async def disconnected(self, uid: str, conn_id: str) -> list[Created]:
         return (await self._run("presence", "disconnect", uid, conn_id, self.config.presence_ttl_s))[1]
 
-    async def refresh_presence(self, members: list[str]) -> None:
-        """Extend the lease of this process's live connections ("uid|conn" members); XX: never revive."""
+    async def refresh_presence(self, members: list[str]) -> list[str]:
+        """Extend the lease of this process's live connections ("uid|conn" members); XX: never revive.
+
+        Returns the members whose lease had lapsed and been reaped although the connection lives (this
+        process stalled, or Redis was away, for longer than the TTL): the caller registers those again
+        with :meth:`connected`, which also puts them back into matching."""
         if not members:
-            return
+            return []
         t = await self.redis.time()
         expires = t[0] + t[1] / 1e6 + self.config.presence_ttl_s
-        await self.redis.zadd(self.keys.presence, {m: expires for m in members}, xx=True)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.presence, {m: expires for m in members}, xx=True)
+            pipe.zmscore(self.keys.presence, members)
+            _, scores = await pipe.execute()
+        return [m for m, score in zip(members, scores) if score is None]
 
     async def tick(self, batch: int = 100) -> tuple[dict[str, Any], list[Created]]:
         return await self._run("tick", batch)
