@@ -186,10 +186,16 @@ class Hub:
                 await asyncio.sleep(next(delays))
 
     async def _listen(self, pubsub: Any) -> None:
-        last_pong = time.monotonic()
+        last_pong = last_turn = time.monotonic()
         last_ping = 0.0
         while not self._stopping:
             now = time.monotonic()
+            if now - last_turn > self.ping_interval_s + 1.0:
+                # this process itself did not run for a while (CPU starvation, a long GC pause): that
+                # silence is ours, not the link's, so the PONG gets a fresh chance before we reconnect
+                # (a needless reconnect re-syncs every connection: a storm on top of the overload)
+                last_pong = now
+            last_turn = now
             if now - last_ping >= self.ping_interval_s:
                 await pubsub.ping()
                 last_ping = now

@@ -42,6 +42,7 @@ MAX_REASON = 1000
 FLAG_ATTEMPTS = 3
 NOT_OPEN = "That conversation is not open to moderators."
 SUSPENSION_END_REASON = "This conversation was closed by a moderator."
+MAX_UNTIL = 253402300799           # 9999-12-31T23:59:59Z: the last instant a suspension end can be written as a date
 
 
 def _forbidden(cid: str) -> ServiceError:
@@ -240,6 +241,9 @@ class Safety:
             raise ServiceError(ErrorCode.BAD_FRAME, "You cannot suspend yourself.", field="user_id")
         if until and until <= (await self.redis.time())[0]:
             raise ServiceError(ErrorCode.BAD_FRAME, "'until' must be in the future (epoch seconds).", field="until")
+        if until > MAX_UNTIL:        # found by fuzzing: 1e20 or 2**64 suspended first, then failed to audit
+            raise ServiceError(ErrorCode.BAD_FRAME, "'until' must be epoch seconds before the year 10000 "
+                               "(leave it out to suspend until lifted).", field="until")
         await self.service.match.suspend(uid, until, reason)
         ended = []
         for cid in sorted(await self.redis.smembers(self.keys.user_convs(uid))):
