@@ -39,7 +39,6 @@ class CloseCode(IntEnum):
     SUSPENDED = 4403          # the user was suspended by a moderator
     TOO_MANY = 4429           # too many connections for this user or address, or frames far over the rate
     SLOW_CONSUMER = 4408      # the client did not read fast enough; reconnect and resume
-    IDLE = 4410               # no pong to our pings; reconnect
 
 
 class ServiceError(Exception):
