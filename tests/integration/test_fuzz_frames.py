@@ -364,7 +364,6 @@ class FuzzSession:
                 return
 
     def _send(self, ws: ClientConnection, case: Case) -> None:
-        import sys; n = len(case.payload.encode() if isinstance(case.payload, str) else case.payload); (n > 16000) and print("BIG", n, case.kind, case.label[:80], file=sys.stderr)
         ws.send(case.payload, text=case.kind != "binary" and not (case.kind == "oversized"
                                                                     and isinstance(case.payload, bytes)))
         self.sent += 1
