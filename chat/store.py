@@ -35,6 +35,7 @@ from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -271,6 +272,8 @@ class ChatStore:
         # cluster clients split pipelines per node on their own terms: they keep one call per append
         self._append_pipeline = (_AutoPipeline(redis, self.scripts, "append", "chat")
                                  if isinstance(redis, aioredis.Redis) else None)
+        # on a cluster, wake-ups go to the conversation's shard channels (SPUBLISH, see gateway.hub)
+        self._sharded = isinstance(redis, RedisCluster)
 
     def _conv_keys(self, cid: str) -> list[str]:
         k = self.keys
@@ -302,6 +305,8 @@ class ChatStore:
         keys = self._conv_keys(cid)
         args = [cid, sender_id, name, role, client_id, text, shown, flags,
                 self._user_stem, self.keys.watch_channel(cid)]
+        if self._sharded:
+            args += [self.keys.conv_live(cid), self.keys.conv_watch(cid)]
         if self._append_pipeline is not None:
             res = await self._append_pipeline.call(keys, args)
         else:

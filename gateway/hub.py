@@ -8,6 +8,15 @@ loop: a link that stops answering PING within ``ping_timeout_s`` or raises
 is dropped and rebuilt with backoff, every channel is subscribed again, and
 every connection is caught up from the log and re-synced with the control
 plane (missed matches and offers are replayed from state, not from pub/sub).
+
+On a Redis Cluster, chat messages do not travel on the plain link: the append
+script SPUBLISHes them to the conversation's shard channels (``Keys.conv_live``
+for participants, ``Keys.conv_watch`` for watching moderators), which only the
+node owning the conversation's slot serves.  The hub then follows, for every
+conversation a local connection reads (``conn.delivered``) or a moderator
+watches, that shard channel through :class:`~gateway.sharded_pubsub.ShardedSubscriber`
+(one link per node, each with its own reconnect loop that triggers the same
+catch-up from the log); control frames stay on the plain link.
 """
 from __future__ import annotations
 
@@ -18,12 +27,15 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
+from redis.asyncio.cluster import RedisCluster
+
 from chat.store import ChatStore, decode_live, message_frame
 from gateway import metrics
 from gateway.connection import Conn
 from gateway.errors import CloseCode
 from gateway.keys import Keys
 from gateway.limits import backoff
+from gateway.sharded_pubsub import ShardedSubscriber
 
 log = logging.getLogger("aftertalk.hub")
 FILL_BATCH = 500
@@ -49,6 +61,13 @@ class Hub:
         self._watch_stem = keys.watch_channel("").encode()
         self._flag_channel = keys.flag_channel.encode()
         self._stopping = False
+        # cluster only: conversation -> local participant connections fed from its shard channel
+        self.followers: dict[str, set[Conn]] = {}
+        self.shards: ShardedSubscriber | None = None
+        if isinstance(redis_bytes, RedisCluster):
+            self.shards = ShardedSubscriber(redis_bytes, self._dispatch_shard, self._shards_resubscribed,
+                                            ping_interval_s=ping_interval_s, ping_timeout_s=ping_timeout_s)
+        self._shard_head = f"{keys.prefix}:{{c:".encode()
 
     # ---- channels ---------------------------------------------------------------
     def _wanted(self) -> list[bytes]:
@@ -91,6 +110,9 @@ class Hub:
         self.flag_watchers.discard(conn)
         for cid in list(conn.watching):
             await self.unwatch(conn, cid)
+        if self.shards is not None:
+            for cid in list(conn.delivered):
+                self._unfollow(conn, cid)
         conns = self.by_user.get(conn.user.id)
         if conns is not None:
             conns.discard(conn)
@@ -104,6 +126,8 @@ class Hub:
         conn.watching.add(cid)
         if len(group) == 1:
             await self._subscribe(self._watch_stem + cid.encode())
+            if self.shards is not None:
+                await self._shard_subscribe(self.keys.conv_watch(cid).encode())
 
     async def unwatch(self, conn: Conn, cid: str) -> None:
         conn.watching.discard(cid)
@@ -113,6 +137,8 @@ class Hub:
             if not group:
                 del self.watchers[cid]
                 await self._unsubscribe(self._watch_stem + cid.encode())
+                if self.shards is not None:
+                    await self.shards.unsubscribe(self.keys.conv_watch(cid).encode())
 
     def conns_of(self, uid: str) -> set[Conn]:
         return self.by_user.get(uid, set())
@@ -122,8 +148,68 @@ class Hub:
         for conn in self.by_user.get(uid, ()):
             conn.push(text)
 
+    # ---- sharded pub/sub (cluster only) --------------------------------------------
+    async def _shard_subscribe(self, channel: bytes) -> None:
+        """Follow a shard channel and wait for its confirmation; a failure is left to the reconnect loops."""
+        assert self.shards is not None
+        try:
+            await self.shards.subscribe(channel)
+        except Exception:
+            log.warning("shard subscription failed; catch-up comes from the log")
+
+    def _follow(self, conn: Conn, cid: str) -> None:
+        if cid in conn.watching or conn.closed:
+            return                  # a watching moderator is fed from the watch shard channel
+        group = self.followers.setdefault(cid, set())
+        group.add(conn)
+
+    def _unfollow(self, conn: Conn, cid: str) -> None:
+        group = self.followers.get(cid)
+        if group is None:
+            return
+        group.discard(conn)
+        if not group:
+            del self.followers[cid]
+            asyncio.get_running_loop().create_task(self._shard_unsubscribe_unfollowed(cid))
+
+    async def _shard_unsubscribe_unfollowed(self, cid: str) -> None:
+        if self.shards is not None and cid not in self.followers:     # nobody followed it again meanwhile
+            await self.shards.unsubscribe(self.keys.conv_live(cid).encode())
+
+    def _shard_cid(self, channel: bytes, suffix: bytes) -> str | None:
+        if channel.startswith(self._shard_head) and channel.endswith(suffix):
+            return channel[len(self._shard_head):-len(suffix)].decode()
+        return None
+
+    def _dispatch_shard(self, channel: bytes, data: bytes) -> None:
+        cid = self._shard_cid(channel, b"}:live")
+        if cid is not None:
+            conns = self.followers.get(cid)
+            if conns:
+                self._to_user(conns, data)
+            return
+        cid = self._shard_cid(channel, b"}:watch")
+        if cid is not None:
+            group = self.watchers.get(cid)
+            if group:
+                self._to_watchers(cid, group, data)
+
+    def _shards_resubscribed(self, channels: list[bytes]) -> None:
+        """A node link (re)subscribed these channels: catch their readers up (each fill waits for confirmation)."""
+        for channel in channels:
+            cid = self._shard_cid(channel, b"}:live")
+            readers = self.followers.get(cid, set()) if cid is not None else set()
+            if cid is None:
+                cid = self._shard_cid(channel, b"}:watch")
+                readers = self.watchers.get(cid, set()) if cid is not None else set()
+            for conn in list(readers):
+                if cid is not None and cid in conn.delivered:
+                    self.fill(conn, cid)
+
     # ---- catching up from the log -----------------------------------------------
     def fill(self, conn: Conn, cid: str) -> None:
+        if self.shards is not None:
+            self._follow(conn, cid)
         if cid not in conn.filling:
             conn.filling.add(cid)
             asyncio.get_running_loop().create_task(self._fill(conn, cid))
@@ -134,6 +220,10 @@ class Hub:
         reserve = max(1, conn.limit // 2)        # outbox room kept free for acks and control frames
         metrics.GAP_FILLS.inc()
         try:
+            if self.shards is not None and cid in self.followers:
+                # the shard subscription must be confirmed before the log is read, or a message
+                # appended in between would wait for the next one to be noticed
+                await self._shard_subscribe(self.keys.conv_live(cid).encode())
             while not conn.closed:
                 after = conn.delivered.get(cid, 0)
                 batch = await self.chat.read_after(cid, after, FILL_BATCH)
@@ -295,6 +385,8 @@ class Hub:
                     continue
                 conn.delivered[cid] = 0
                 conn.position = None
+                if self.shards is not None:
+                    self.fill(conn, cid)    # follow its shard channel, then catch up what came first
             elif kind == "queued":
                 if conn.position == frame.get("position"):
                     continue
@@ -303,9 +395,13 @@ class Hub:
                 conn.position = None
             elif kind == "ended":
                 conn.delivered.pop(frame["conversation_id"], None)
+                if self.shards is not None:
+                    self._unfollow(conn, frame["conversation_id"])
             conn.push(text)
             if kind == "suspended":
                 conn.close(CloseCode.SUSPENDED, "suspended by a moderator")
 
     def stop(self) -> None:
         self._stopping = True
+        if self.shards is not None:
+            self.shards.stop()

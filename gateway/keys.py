@@ -4,7 +4,9 @@ Cluster layout: all matching, presence, moderation and audit state lives in
 one hash slot (tag ``{ctl}``) so that the matcher's scripts can touch it
 atomically; each conversation's log lives in its own slot (tag ``{c:ID}``),
 so message traffic spreads over the cluster.  A script only ever touches
-keys of one tag.  Pub/sub channels are not keys and carry no tag.
+keys of one tag.  Plain pub/sub channels are not keys and carry no tag; the
+two shard channels of a conversation (cluster mode only, SPUBLISH) carry its
+``{c:ID}`` tag, so its append script may publish to them.
 """
 from __future__ import annotations
 
@@ -109,6 +111,12 @@ class Keys:
 
     def watch_channel(self, cid: str) -> str:     # a conversation's messages, for watching moderators
         return f"{self.prefix}:w:{cid}"
+
+    def conv_live(self, cid: str) -> str:         # shard channel (cluster): a conversation's messages
+        return f"{self.prefix}:{{c:{cid}}}:live"
+
+    def conv_watch(self, cid: str) -> str:        # shard channel (cluster): the same, for watching moderators
+        return f"{self.prefix}:{{c:{cid}}}:watch"
 
     @property
     def flag_channel(self) -> str:                # new flags, for moderators' live feed

@@ -18,16 +18,18 @@ Nothing else in the service knows which one it got; this works because
   primary on NOSCRIPT by redis-py);
 * every MULTI transaction (``pipeline(transaction=True)``) keeps to one slot;
   plain pipelines may span slots (the cluster client splits them per node);
-* live delivery uses plain PUBLISH, which a cluster forwards to every node over
-  the cluster bus, so a subscriber on *any* node hears every channel.
+* control frames use plain PUBLISH, which a cluster forwards to every node over
+  the cluster bus, so a subscriber on *any* node hears every channel; chat
+  messages use sharded pub/sub (SPUBLISH to the conversation's ``{c:ID}``
+  channels, followed per owning node by :mod:`gateway.sharded_pubsub`).
 
 **Pub/sub.**  The hub calls ``client.pubsub()`` once per (re)connection.  For
 a cluster that returns a plain :class:`redis.asyncio.client.PubSub` on one
 node, and each call moves on to the next known node (primaries and replicas,
 starting at a random one so gateways spread out).  When that node dies the
 hub's reconnect loop simply lands on another node, resubscribes and catches up
-from the logs.  Sharded pub/sub (SSUBSCRIBE) is not used; deploy/README.md
-explains why.
+from the logs.  The hub's sharded links use :meth:`ClusterClient.node_client`
+of each slot owner (see gateway/hub.py and deploy/README.md).
 
 **Bursts.**  The asyncio cluster client has no blocking pool: a node whose
 connections are all busy raises ``MaxConnectionsError`` at once.  So that the

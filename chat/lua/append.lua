@@ -4,6 +4,8 @@
 -- ARGV[4] role (patient|survivor|moderator)  ARGV[5] client id  ARGV[6] text (original)
 -- ARGV[7] shown text ("" or equal to ARGV[6]: not masked)  ARGV[8] flags (comma separated, may be "")
 -- ARGV[9] user channel stem (channel = stem .. user id)  ARGV[10] the conversation's watch channel
+-- ARGV[11], ARGV[12] (optional, Redis Cluster): the conversation's live and watch shard channels; when
+--          given, the wake-ups are SPUBLISHed once to each instead of PUBLISHed to the three plain channels
 -- Returns {seq, ts_ms, epoch, duplicate (0|1)}.  A duplicate (same sender, same client id) returns the
 -- recorded seq/ts and stores and publishes nothing.
 -- Refuses: forbidden (unknown conversation, not a participant and not a moderator, or an erased sender);
@@ -41,7 +43,13 @@ else
 end
 redis.call('HSET', KEYS[3], field, string.format('%d:%d', seq, ts))
 local live = cmsgpack.pack({'m', cid, seq, epoch, ts, name, role, shown, client, sender})
-redis.call('PUBLISH', ARGV[9] .. patient, live)
-redis.call('PUBLISH', ARGV[9] .. survivor, live)
-redis.call('PUBLISH', ARGV[10], cmsgpack.pack({'m', cid, seq, epoch, ts, name, role, text, client, sender, flags}))
+local watch = cmsgpack.pack({'m', cid, seq, epoch, ts, name, role, text, client, sender, flags})
+if ARGV[11] and ARGV[11] ~= '' then
+  redis.call('SPUBLISH', ARGV[11], live)
+  redis.call('SPUBLISH', ARGV[12], watch)
+else
+  redis.call('PUBLISH', ARGV[9] .. patient, live)
+  redis.call('PUBLISH', ARGV[9] .. survivor, live)
+  redis.call('PUBLISH', ARGV[10], watch)
+end
 return {seq, ts, epoch, 0}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,15 +229,17 @@ async def test_a_crisis_message_reaches_a_moderator_on_the_other_gateway(cluster
         await c.close()
 
 
-def pubsub_links(nodes: RedisClusterNodes) -> dict[int, int]:
-    """Live node port -> how many pub/sub connections it holds (the gateways' hub links)."""
+def pubsub_links(nodes: RedisClusterNodes, *, sharded: bool = False) -> dict[int, int]:
+    """Live node port -> how many plain pub/sub connections it holds (the gateways' hub links), or with
+    ``sharded``, how many connections hold shard channels (the hubs' per-node SSUBSCRIBE links)."""
     import redis as sync_redis
 
+    field = "ssub" if sharded else "sub"
     links = {}
     for port in nodes.ports:
         if nodes.alive(port):
             with sync_redis.Redis(port=port) as r:
-                links[port] = len(r.client_list(_type="pubsub"))
+                links[port] = sum(1 for c in r.client_list(_type="pubsub") if int(c.get(field, 0)) > 0)
     return links
 
 
@@ -324,3 +327,120 @@ async def send_until_acked(client: Client, cid: str, client_id: str, timeout: fl
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{client_id} was never acknowledged: {client.frames[-5:]}")
         await asyncio.sleep(0.2)
+
+
+def shard_subscribers(nodes: RedisClusterNodes, channel: str) -> int:
+    """PUBSUB SHARDNUMSUB of ``channel`` on the primary that owns its slot."""
+    import redis as sync_redis
+
+    with sync_redis.Redis(port=nodes.owner_of(channel)) as r:
+        return int(r.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1])
+
+
+async def spy_on_plain_channels(port: int, channels: list[str]) -> tuple[Any, list[bytes]]:
+    """A plain subscriber on some node (a cluster forwards every PUBLISH to every node): what it hears."""
+    import redis.asyncio as aioredis
+
+    heard: list[bytes] = []
+    client = aioredis.Redis(port=port)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(*channels)
+
+    async def listen() -> None:
+        async for msg in pubsub.listen():
+            if msg["type"] == "message":
+                heard.append(msg["data"])
+
+    task = asyncio.get_running_loop().create_task(listen())
+
+    async def close() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pubsub.aclose()
+        await client.aclose()
+
+    return close, heard
+
+
+async def test_chat_messages_travel_on_the_conversations_shard_channels(cluster_gateways, cluster, prefix):
+    """In cluster mode a message is SPUBLISHed once to the conversation's shard channel (followed by each
+    gateway on the node owning the slot), never PUBLISHed on the plain user or watch channels; a watching
+    moderator gets it from the watch shard channel; the last follower leaving unsubscribes."""
+    from chat.store import decode_live
+
+    keys = Keys(prefix)
+    g1, g2 = cluster_gateways(2)
+    pair = await match_pair(g1.ws_url, g2.ws_url)
+    cid = pair.cid
+    live, watch = keys.conv_live(cid), keys.conv_watch(cid)
+    await wait_for(lambda: shard_subscribers(cluster, live) == 2, 5, "both gateways following the shard channel")
+    close_spy, heard = await spy_on_plain_channels(cluster.ports[1], [
+        keys.user_channel(pair.patient_id), keys.user_channel(pair.survivor_id), keys.watch_channel(cid)])
+    moderator = await Client.connect(g1.ws_url, token("moderator", name="Mo"))
+    try:
+        await moderator.send({"type": "watch_flags"})
+        await moderator.expect("flags")
+        await pair.patient.send(send_frame(cid, "cr1", "I want to end my life"))   # opens it to moderators
+        await pair.patient.expect("ack", client_id="cr1")
+        await moderator.expect("flag", timeout=5, conversation_id=cid)
+        await moderator.send({"type": "watch", "conversation_id": cid})
+        history = await moderator.expect("history", conversation_id=cid)
+        assert [m["seq"] for m in history["messages"]] == [1]
+        assert shard_subscribers(cluster, watch) == 1
+        for i in range(6):
+            await (pair.patient if i % 2 == 0 else pair.survivor).send(send_frame(cid, f"s{i}"))
+        for c in (pair.patient, pair.survivor):
+            await wait_for(lambda c=c: len(messages(c.frames, cid)) >= 7, 5, "every message, live")
+        await wait_for(lambda: len(messages(moderator.frames, cid)) >= 6, 5, "every message at the moderator")
+        assert [seq for seq, _ in messages(moderator.frames, cid)] == list(range(2, 8))
+        await pair.patient.send({"type": "end", "conversation_id": cid})
+        for c in (pair.patient, pair.survivor):
+            await c.expect("ended", conversation_id=cid)
+        # control frames still come on the plain user channels; message wake-ups never do
+        assert heard, "the spy heard the control frames (it listens where they travel)"
+        assert [decode_live(data) for data in heard if decode_live(data) is not None] == []
+        await wait_for(lambda: shard_subscribers(cluster, live) == 0, 5, "the shard channel left once it ended")
+        await moderator.send({"type": "unwatch", "conversation_id": cid})
+        await moderator.expect("unwatched", conversation_id=cid)
+        await wait_for(lambda: shard_subscribers(cluster, watch) == 0, 5, "the watch shard channel left")
+    finally:
+        await close_spy()
+        for c in (moderator, pair.patient, pair.survivor):
+            await c.close()
+
+
+async def test_killed_pubsub_connections_resubscribe_shard_channels_and_catch_up(cluster_gateways, cluster, prefix):
+    """CLIENT KILL TYPE pubsub on every node, while both sides keep sending: every gateway re-subscribes its
+    shard channels on the owning node and catches up from the log within 10 s, nothing lost or doubled."""
+    import redis as sync_redis
+
+    keys = Keys(prefix)
+    g1, g2 = cluster_gateways(2)
+    pair = await match_pair(g1.ws_url, g2.ws_url)
+    cid = pair.cid
+    live = keys.conv_live(cid)
+    await wait_for(lambda: shard_subscribers(cluster, live) == 2, 5, "both gateways following the shard channel")
+    for i in range(4):
+        await (pair.patient if i % 2 == 0 else pair.survivor).send(send_frame(cid, f"before{i}"))
+    for c in (pair.patient, pair.survivor):
+        await wait_for(lambda c=c: len(messages(c.frames, cid)) >= 4, 5, "messages before the kill")
+    killed = 0
+    for port in cluster.ports:
+        with sync_redis.Redis(port=port) as r:
+            killed += int(r.execute_command("CLIENT", "KILL", "TYPE", "pubsub"))
+    assert killed >= 4            # at least each gateway's plain link and its link to the owning node
+    for i in range(6):            # sent while the links are down or coming back: only the log has them
+        await send_until_acked(pair.patient if i % 2 == 0 else pair.survivor, cid, f"after{i}")
+    for name, c in (("patient", pair.patient), ("survivor", pair.survivor)):
+        await wait_for(lambda c=c: len(messages(c.frames, cid)) >= 10, 10, f"every message at the {name}")
+    await wait_for(lambda: shard_subscribers(cluster, live) == 2, 10, "shard subscriptions back")
+    assert sum(pubsub_links(cluster).values()) == 2
+    # and live delivery works again on the new links
+    await pair.survivor.send(send_frame(cid, "later"))
+    await wait_for(lambda: len(messages(pair.patient.frames, cid)) >= 11, 5, "a message after the recovery")
+    sent = {**outcomes(pair.patient.frames, cid), **outcomes(pair.survivor.frames, cid)}
+    report = check(sent, {"patient": messages(pair.patient.frames, cid),
+                          "survivor": messages(pair.survivor.frames, cid)}, expect_all_seqs=True)
+    assert report.ok(), report.summary()
+    await pair.patient.close()
+    await pair.survivor.close()
