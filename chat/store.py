@@ -29,7 +29,6 @@ Guarantees
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +39,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import ErrorCode, ServiceError
+from gateway.errors import unavailable
 from gateway.keys import Keys
-from gateway.scripts import ScriptSet, as_service_error, load_source
+from gateway.scripts import ScriptSet, as_service_error
 
 DELETED_NAME = "Deleted user"
 SCRIPTS = ("open.lua", "append.lua", "end.lua", "feedback.lua", "erase.lua")
@@ -209,11 +208,11 @@ class _AutoPipeline:
     Redis) falls back to the normal call, which loads the script.
     """
 
-    def __init__(self, redis: Any, scripts: ScriptSet, name: str, package: str) -> None:
+    def __init__(self, redis: Any, scripts: ScriptSet, name: str) -> None:
         self._redis = redis
         self._scripts = scripts
         self._name = name
-        self._sha = hashlib.sha1(load_source(package, name + ".lua").encode()).hexdigest()
+        self._sha = scripts.sha(name)
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
 
     def call(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
@@ -243,8 +242,7 @@ class _AutoPipeline:
                     results = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 for _, _, fut in batch:
-                    _settle(fut, exc=ServiceError(ErrorCode.UNAVAILABLE, "The service store is unreachable; "
-                                                  "nothing was saved. Try again."))
+                    _settle(fut, exc=unavailable())
                 return
             for (keys, args, fut), res in zip(batch, results):
                 if isinstance(res, NoScriptError):
@@ -257,7 +255,7 @@ class _AutoPipeline:
                     _settle(fut, res)
         finally:
             for _, _, fut in batch:     # cancelled at shutdown: nobody is left waiting in vain
-                _settle(fut, exc=ServiceError(ErrorCode.UNAVAILABLE, "The service is shutting down."))
+                _settle(fut, exc=unavailable("The service is shutting down."))
 
 
 class ChatStore:
@@ -270,7 +268,7 @@ class ChatStore:
         self._user_stem = keys.user_channel("")
         assert keys.user_channel("x") == self._user_stem + "x", "user channels must be stem + uid"
         # cluster clients split pipelines per node on their own terms: they keep one call per append
-        self._append_pipeline = (_AutoPipeline(redis, self.scripts, "append", "chat")
+        self._append_pipeline = (_AutoPipeline(redis, self.scripts, "append")
                                  if isinstance(redis, aioredis.Redis) else None)
         # on a cluster, wake-ups go to the conversation's shard channels (SPUBLISH, see gateway.hub)
         self._sharded = isinstance(redis, RedisCluster)

@@ -51,6 +51,11 @@ class ServiceError(Exception):
         self.data = data
 
 
+def unavailable(message: str = "The service store is unreachable; nothing was saved. Try again.") -> ServiceError:
+    """The refusal for any call that could not reach Redis: the client retries with the same client id."""
+    return ServiceError(ErrorCode.UNAVAILABLE, message)
+
+
 class Unauthorized(Exception):
     """The connection must close with 4401; ``reason`` goes in the close frame."""
 

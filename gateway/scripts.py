@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import ErrorCode, ServiceError
+from gateway.errors import ErrorCode, ServiceError, unavailable
 
 REFUSAL = "AT:"
 
@@ -36,13 +36,16 @@ class ScriptSet:
     def __init__(self, redis: Any, package: str, names: Sequence[str]) -> None:
         self._scripts = {n.removesuffix(".lua"): redis.register_script(load_source(package, n)) for n in names}
 
+    def sha(self, name: str) -> str:
+        return self._scripts[name].sha
+
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             return await self._scripts[name](keys=list(keys), args=list(args))
         except ResponseError as exc:
             raise as_service_error(exc) from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise ServiceError(ErrorCode.UNAVAILABLE, "The service store is unreachable; nothing was saved. Try again.") from exc
+            raise unavailable() from exc
 
 
 def as_service_error(exc: ResponseError) -> Exception:

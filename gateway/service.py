@@ -22,7 +22,7 @@ from chat.store import Appended, ChatStore, message_frame
 from gateway import metrics
 from gateway.auth import Identity
 from gateway.connection import Conn
-from gateway.errors import ErrorCode, ServiceError
+from gateway.errors import ErrorCode, ServiceError, unavailable
 from gateway.hub import Hub
 from gateway.keys import Keys
 from gateway.limits import TokenBucket
@@ -35,10 +35,6 @@ from matcher.vocabulary import load_vocabulary
 log = logging.getLogger("aftertalk.service")
 Handler = Callable[[Conn, dict[str, Any]], Awaitable[None]]
 STORE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-def unavailable() -> ServiceError:
-    return ServiceError(ErrorCode.UNAVAILABLE, "The service store is unreachable; nothing was saved. Try again.")
 
 
 class Service:
