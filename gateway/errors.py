@@ -51,7 +51,7 @@ class ServiceError(Exception):
         self.data = data
 
 
-def unavailable(message: str = "The service store is unreachable; nothing was saved. Try again.") -> ServiceError:
+def unavailable(message: str = "The service store is unreachable; this was not confirmed. Send it again.") -> ServiceError:
     """The refusal for any call that could not reach Redis: the client retries with the same client id."""
     return ServiceError(ErrorCode.UNAVAILABLE, message)
 
