@@ -36,7 +36,7 @@ from common import ProfileMix, RedisServer, machine, percentile, prioritize, sta
 
 import redis.asyncio as aioredis  # noqa: E402
 
-from gateway.keys import Keys  # noqa: E402
+from core.keys import Keys  # noqa: E402
 from matcher.store import MatchStore, MatcherConfig  # noqa: E402
 
 FILL_CONCURRENCY = 200
@@ -134,7 +134,7 @@ async def index_sizes(redis: aioredis.Redis, keys: Keys) -> tuple[int, int]:
 
 def use_lib_from(rev: str) -> None:
     """Run the matcher scripts with matcher/lua/lib.lua as of a git revision (before/after figures)."""
-    import gateway.scripts as scripts
+    import core.scripts as scripts
 
     old_lib = subprocess.run(["git", "show", f"{rev}:matcher/lua/lib.lua"], capture_output=True, text=True,
                              check=True, cwd=Path(__file__).resolve().parents[1]).stdout
@@ -158,9 +158,9 @@ async def main(args: argparse.Namespace) -> None:
     redis = aioredis.Redis.from_url(server.url, decode_responses=True, max_connections=FILL_CONCURRENCY + 8)
     keys = Keys("bench")
     store = MatchStore(redis, keys, MatcherConfig(daily_cap=10**9, offers_per_patient_hour=10**6))
-    import gateway.scripts
+    import core.scripts
 
-    request_sha = hashlib.sha1(gateway.scripts.load_source("matcher", "request.lua").encode()).hexdigest()
+    request_sha = hashlib.sha1(core.scripts.load_source("matcher", "request.lua").encode()).hexdigest()
     fill_mix, ask_mix = ProfileMix(seed=1), ProfileMix(seed=2)
     rows = []
     print(f"# matching benchmark, {stamp()}, {machine()}")

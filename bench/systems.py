@@ -89,7 +89,7 @@ class Aftertalk(System):
         import redis.asyncio as aioredis
 
         from chat.store import ChatStore
-        from gateway.keys import Keys
+        from core.keys import Keys
         from matcher.profile import Profile
         from matcher.store import MatchStore, MatcherConfig
 

@@ -18,7 +18,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from gateway.keys import Keys
+from core.keys import Keys
 
 WATCH, WATCH_FLAGS, HISTORY = "watch", "watch_flags", "history"
 NOTICE, MODERATOR_END, SUSPEND, RESOLVE = "notice", "moderator_end", "suspend", "resolve"

@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from chat.flags import forget_author
 from chat.store import DELETED_NAME, ChatStore
-from gateway.keys import Keys
+from core.keys import Keys
 
 log = logging.getLogger(__name__)
 

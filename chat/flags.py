@@ -3,7 +3,7 @@
 A flag points at one message (``seq``) of one conversation and has a category, a
 severity and a status: ``open`` → ``acknowledged`` (a moderator is watching the
 conversation) → ``resolved`` (with ``resolved_by`` and ``resolution``).  Keys (all on
-the control-plane slot ``{ctl}``, see :mod:`gateway.keys`):
+the control-plane slot ``{ctl}``, see :mod:`core.keys`):
 
 * ``keys.flag(id)``: hash, the flag itself; kept after resolution, as the record.
 * ``keys.flags``: zset of the flags that are not resolved, scored so that ascending order
@@ -26,8 +26,8 @@ from typing import Any, Iterable
 
 import orjson
 
-from gateway.keys import Keys
-from gateway.scripts import ScriptSet
+from core.keys import Keys
+from core.scripts import ScriptSet
 
 SCRIPTS = ("flag_create.lua", "flag_resolve.lua", "flag_ack.lua")
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"

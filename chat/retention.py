@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.keys import Keys
+from core.keys import Keys
 
 
 HOLD_S = 3600.0   # a conversation with an unresolved flag is looked at again this much later

@@ -39,9 +39,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import unavailable
-from gateway.keys import Keys
-from gateway.scripts import ScriptSet, as_service_error
+from core.errors import unavailable
+from core.keys import Keys
+from core.scripts import ScriptSet, as_service_error
 
 DELETED_NAME = "Deleted user"
 SCRIPTS = ("open.lua", "append.lua", "end.lua", "feedback.lua", "erase.lua")

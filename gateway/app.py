@@ -22,9 +22,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gateway import metrics
 from gateway.auth import Identity, issue_token, verify_token
 from gateway.connection import Conn
-from gateway.errors import CloseCode, ErrorCode, ServiceError, Unauthorized
+from core.errors import CloseCode, ErrorCode, ServiceError, Unauthorized
 from gateway.protocol import authorize, error_frame, parse_frame, parse_resume
-from gateway.redis_client import make_redis
+from core.redis_client import make_redis
 from gateway.service import Service
 from gateway.settings import Settings
 

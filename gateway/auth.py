@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from gateway.errors import Unauthorized
+from core.errors import Unauthorized
 
 ROLES = frozenset({"patient", "survivor", "moderator"})
 MAX_NAME = 40

@@ -75,8 +75,8 @@ def _store_command(args: argparse.Namespace) -> int:
 
 
 async def _run_store_command(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.keys import Keys
-    from gateway.redis_client import make_redis
+    from core.keys import Keys
+    from core.redis_client import make_redis
 
     redis = make_redis(settings.redis_url, decode=True)
     keys = Keys(settings.key_prefix)

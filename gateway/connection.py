@@ -17,7 +17,7 @@ from typing import Any, Callable
 from starlette.websockets import WebSocket
 
 from gateway.auth import Identity
-from gateway.errors import CloseCode
+from core.errors import CloseCode
 from gateway.limits import TokenBucket
 
 log = logging.getLogger("aftertalk.conn")

@@ -32,8 +32,8 @@ from redis.asyncio.cluster import RedisCluster
 from chat.store import ChatStore, decode_live, message_frame
 from gateway import metrics
 from gateway.connection import Conn
-from gateway.errors import CloseCode
-from gateway.keys import Keys
+from core.errors import CloseCode
+from core.keys import Keys
 from gateway.limits import backoff
 from gateway.sharded_pubsub import ShardedSubscriber
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError
 
 PATIENT, SURVIVOR, MODERATOR = "patient", "survivor", "moderator"
 PEERS = frozenset({PATIENT, SURVIVOR})

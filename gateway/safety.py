@@ -32,7 +32,7 @@ from chat.moderation import CRISIS, REPORT_CATEGORY, REPORT_SEVERITY, Verdict
 from chat.store import Appended, message_frame
 from gateway.auth import verify_token
 from gateway.connection import Conn
-from gateway.errors import ErrorCode, ServiceError, Unauthorized
+from core.errors import ErrorCode, ServiceError, Unauthorized
 
 if TYPE_CHECKING:
     from gateway.service import Service

@@ -22,9 +22,9 @@ from chat.store import Appended, ChatStore, message_frame
 from gateway import metrics
 from gateway.auth import Identity
 from gateway.connection import Conn
-from gateway.errors import ErrorCode, ServiceError, unavailable
+from core.errors import ErrorCode, ServiceError, unavailable
 from gateway.hub import Hub
-from gateway.keys import Keys
+from core.keys import Keys
 from gateway.limits import TokenBucket
 from gateway.safety import Safety
 from gateway.settings import Settings

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from gateway.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from gateway.keys import Keys
-from gateway.scripts import ScriptSet
+from core.keys import Keys
+from core.scripts import ScriptSet
 from matcher.profile import Profile
 
 SCRIPTS = ("availability.lua", "request.lua", "cancel.lua", "respond.lua", "presence.lua",

@@ -30,7 +30,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from gateway.keys import Keys
+from core.keys import Keys
 from gateway.protocol import FRAMES
 from matcher.store import MatcherConfig, MatchStore
 from support.gateway import SECRET, Client, token

@@ -16,8 +16,8 @@ from chat.retention import purge_expired
 from chat.store import (
     DELETED_NAME, ChatStore, LiveMessage, StoredMessage, decode_live, message_frame,
 )
-from gateway.errors import ErrorCode, ServiceError
-from gateway.keys import Keys
+from core.errors import ErrorCode, ServiceError
+from core.keys import Keys
 
 P, PN = "pat-1", "Pat"
 S, SN = "sur-1", "Sam"

@@ -1,6 +1,6 @@
 """The service on a local Redis Cluster (three primaries), chosen by a ``redis+cluster://`` URL.
 
-Redis Cluster itself enforces the layout of gateway/keys.py: a script that touches a key
+Redis Cluster itself enforces the layout of core/keys.py: a script that touches a key
 of another slot than its first key fails ("Script attempted to access keys that do not
 hash to the same slot"), and a MULTI across slots fails with CROSSSLOT.  So running every
 script and every transaction here, with the control plane and the conversation logs on
@@ -22,8 +22,8 @@ from chat.erasure import erase_user
 from chat.flags import FlagStore
 from chat.retention import purge_expired
 from chat.store import ChatStore
-from gateway.keys import Keys
-from gateway.redis_client import ClusterClient, make_cluster, make_redis, parse_cluster_url
+from core.keys import Keys
+from core.redis_client import ClusterClient, make_cluster, make_redis, parse_cluster_url
 from matcher.profile import parse_profile
 from matcher.store import MatchStore, MatcherConfig
 from matcher.vocabulary import load_vocabulary

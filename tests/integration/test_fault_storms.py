@@ -26,7 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.keys import Keys
+from core.keys import Keys
 from support.chat_pair import PROFILE, Side, messages, metric, wait_for
 from support.checker import check
 from support.gateway import Client, GatewayProcess, token

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from gateway.errors import ErrorCode
+from core.errors import ErrorCode
 from gateway.protocol import FRAMES, ID_FIELDS, MAX_ID, NUM
 from support.gateway import token
 

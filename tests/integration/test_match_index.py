@@ -7,7 +7,7 @@ MatchStore directly (no gateways): which survivor is offered first is the observ
 """
 from __future__ import annotations
 
-from gateway.keys import Keys
+from core.keys import Keys
 from matcher.profile import Profile
 from matcher.store import MatcherConfig, MatchStore
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import websockets
 
-from gateway.errors import ErrorCode, ServiceError
-from gateway.keys import Keys
+from core.errors import ErrorCode, ServiceError
+from core.keys import Keys
 from matcher.profile import Profile, parse_profile
 from matcher.store import MatcherConfig, MatchStore
 from matcher.vocabulary import load_vocabulary

@@ -23,7 +23,7 @@ import orjson
 import websockets
 from redis import Redis as SyncRedis
 
-from gateway.keys import Keys
+from core.keys import Keys
 from matcher.profile import Profile, shared
 from support.gateway import token
 

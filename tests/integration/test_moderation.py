@@ -14,8 +14,8 @@ import pytest
 import websockets
 
 from chat.flags import FlagStore, forget_author
-from gateway.errors import ErrorCode, ServiceError
-from gateway.keys import Keys
+from core.errors import ErrorCode, ServiceError
+from core.keys import Keys
 from matcher.profile import parse_profile
 from matcher.store import MatcherConfig, MatchStore
 from matcher.vocabulary import load_vocabulary

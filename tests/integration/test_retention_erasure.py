@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from chat.retention import purge_expired
-from gateway.keys import Keys
+from core.keys import Keys
 from support.chat_pair import match_pair, refused_at_hello, send_frame
 from support.gateway import ROOT, Client
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from chat.flags import FlagStore
 from chat.retention import purge_expired
 from chat.store import ChatStore
-from gateway.keys import Keys
+from core.keys import Keys
 
 
 async def test_unresolved_flag_keeps_an_expired_conversation_until_resolved(redis, prefix):

@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from gateway.auth import MAX_NAME, Identity, issue_token, verify_token
-from gateway.errors import Unauthorized
+from core.errors import Unauthorized
 
 SECRET = "s" * 64     # long enough for HS512 without warnings
 OTHER = "o" * 64

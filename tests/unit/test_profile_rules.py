@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError
 from matcher.profile import (MAX_CODES, Candidate, Profile, Request, best_survivor, eligible, next_patient,
                              parse_profile, rank_key, shared)
 from matcher.vocabulary import load_vocabulary

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError
 from gateway.protocol import FRAMES, MAX_ID, authorize, error_frame, parse_frame, parse_resume
 
 P, S, M = "patient", "survivor", "moderator"

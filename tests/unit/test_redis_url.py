@@ -1,10 +1,10 @@
-"""Parsing of AFTERTALK_REDIS_URL: single node vs. ``redis+cluster://`` (gateway/redis_client.py)."""
+"""Parsing of AFTERTALK_REDIS_URL: single node vs. ``redis+cluster://`` (core/redis_client.py)."""
 from __future__ import annotations
 
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.redis_client import ClusterClient, ClusterURL, is_cluster_url, make_redis, parse_cluster_url
+from core.redis_client import ClusterClient, ClusterURL, is_cluster_url, make_redis, parse_cluster_url
 
 
 def test_cluster_urls_are_told_from_single_node_urls():

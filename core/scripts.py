@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import ErrorCode, ServiceError, unavailable
+from core.errors import ErrorCode, ServiceError, unavailable
 
 REFUSAL = "AT:"
 

@@ -13,7 +13,7 @@
 Nothing else in the service knows which one it got; this works because
 
 * every Lua script declares a key in ``KEYS[1]`` and touches only keys of that
-  key's hash tag (``{ctl}`` or ``{c:ID}``, see :mod:`gateway.keys`), so EVALSHA
+  key's hash tag (``{ctl}`` or ``{c:ID}``, see :mod:`core.keys`), so EVALSHA
   is routed to the one primary that owns the slot (scripts are loaded on every
   primary on NOSCRIPT by redis-py);
 * every MULTI transaction (``pipeline(transaction=True)``) keeps to one slot;
