@@ -36,11 +36,6 @@ def entry_fields(*, who: str, who_name: str, action: str, conversation_id: str =
     return {k: v for k, v in values.items() if v}
 
 
-def flat_fields(fields: dict[str, str]) -> list[str]:
-    """``entry_fields`` as the flat name/value list a Lua script passes to XADD."""
-    return [x for pair in fields.items() for x in pair]
-
-
 async def record(redis: Any, keys: Keys, **fields: str) -> str:
     """Append one entry (see :func:`entry_fields` for the names); returns its id."""
     entry_id = await redis.xadd(keys.audit, entry_fields(**fields))
@@ -128,3 +123,20 @@ async def print_audit(redis: Any, keys: Keys, since: str, limit: int, out: Any =
         printed += len(rows)
         start = f"({_s(rows[-1][0])}"
     return printed
+
+
+class AuditLog:
+    """The audit stream of one deployment, for the services that write and page it.
+
+    Guarantee: :meth:`record` returns only once Redis has appended the entry, so a caller that
+    records *before* showing something shows nothing when the write fails."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def record(self, **fields: str) -> str:
+        return await record(self._redis, self._keys, **fields)
+
+    async def page(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        return await page(self._redis, self._keys, after=after, limit=limit)

@@ -70,3 +70,16 @@ async def purge_expired(redis: Any, keys: Keys, *, now_s: float, retention_s: fl
         purged += len(cids)
         if len(cids) < batch:
             return purged
+
+
+class Retention:
+    """Runs :func:`purge_expired` on Redis's clock, so gateways with skewed clocks agree."""
+
+    def __init__(self, redis: Any, keys: Keys, *, retention_s: float) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.retention_s = retention_s
+
+    async def run(self) -> int:
+        now = (await self._redis.time())[0]
+        return await purge_expired(self._redis, self._keys, now_s=now, retention_s=self.retention_s)

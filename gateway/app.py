@@ -19,13 +19,12 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from core.errors import CloseCode, ErrorCode, ServiceError, Unauthorized
 from gateway import metrics
 from gateway.auth import Identity, issue_token, verify_token
+from gateway.compose import Gateway, build
 from gateway.connection import Conn
-from core.errors import CloseCode, ErrorCode, ServiceError, Unauthorized
 from gateway.protocol import authorize, error_frame, parse_frame, parse_resume
-from core.redis_client import make_redis
-from gateway.service import Service
 from gateway.settings import Settings
 
 log = logging.getLogger("aftertalk.gateway")
@@ -44,30 +43,39 @@ def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
 
 
 class Edge:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.redis = make_redis(settings.redis_url, decode=True)
-        self.redis_bytes = make_redis(settings.redis_url, decode=False)
-        self.service = Service(settings, self.redis, self.redis_bytes)
+    """Translates HTTP and WebSocket traffic into service calls; decides nothing about the domain."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.service = gateway.service
         self.per_ip: Counter[str] = Counter()
+
+    def routes(self) -> list[Any]:
+        return [
+            Route("/healthz", self.healthz), Route("/readyz", self.readyz), Route("/metrics", self.metrics),
+            Route("/api/vocabulary", self.vocabulary), Route("/api/demo-token", self.demo_token, methods=["POST"]),
+            Route("/api/client-config", self.client_config),
+            WebSocketRoute("/ws", self.websocket),
+        ]
 
     # ---- HTTP ---------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "gateway": self.service.gateway_id})
+        return JSONResponse({"status": "ok", "gateway": self.gateway.gateway_id})
 
     async def readyz(self, request: Request) -> Response:
         try:
-            await asyncio.wait_for(self.redis.ping(), 1.0)
+            await asyncio.wait_for(self.gateway.redis.ping(), 1.0)
         except Exception:
             return JSONResponse({"status": "unavailable", "redis": False}, status_code=503)
-        if not self.service.hub.connected.is_set():
+        if not self.gateway.hub.connected.is_set():
             return JSONResponse({"status": "unavailable", "redis": True, "pubsub": False}, status_code=503)
         return JSONResponse({"status": "ready", "redis": True, "pubsub": True})
 
     async def metrics(self, request: Request) -> Response:
         with contextlib.suppress(Exception):
-            stats = await asyncio.wait_for(self.redis.hgetall(self.service.keys.stats), 1.0)
-            metrics.update_store_gauges(stats, await self.service.match.queue_length())
+            stats = await asyncio.wait_for(self.gateway.match.stats(), 1.0)
+            metrics.update_store_gauges(stats, await self.gateway.match.queue_length())
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     async def vocabulary(self, request: Request) -> Response:
@@ -146,7 +154,7 @@ class Edge:
         except WebSocketDisconnect:
             return
         try:
-            if await self.redis.sismember(service.keys.erased, user.id):
+            if await service.match.is_erased(user.id):
                 await ws.close(CloseCode.UNAUTHORIZED, "this account was erased")
                 return
             if await service.match.is_suspended(user.id):
@@ -154,7 +162,7 @@ class Edge:
                 return
         except Exception:
             pass        # Redis down: let the session open; frames will get 'unavailable'
-        if len(service.hub.conns_of(user.id)) >= self.settings.max_conns_per_user:
+        if len(self.gateway.hub.conns_of(user.id)) >= self.settings.max_conns_per_user:
             await ws.close(CloseCode.TOO_MANY, "too many connections for this user")
             return
         conn = service.new_conn(ws, user, on_slow=lambda c: metrics.SLOW_CLOSES.inc())
@@ -197,7 +205,7 @@ class Edge:
                 if ref == "hello":
                     raise ServiceError(ErrorCode.BAD_FRAME, "Already signed in.")
                 authorize(ref, conn.user.role)
-                await service.dispatch(conn, frame)
+                await self.gateway.dispatcher.dispatch(conn, frame)
             except ServiceError as exc:
                 self._error(conn, exc, ref)
             except Exception:
@@ -214,28 +222,21 @@ class Edge:
     # ---- app ----------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self.service.start()
+        self.gateway.start()
         try:
             yield
         finally:
-            for conns in list(self.service.hub.by_user.values()):
+            for conns in list(self.gateway.hub.by_user.values()):
                 for conn in list(conns):
                     conn.close(CloseCode.GOING_AWAY, "server shutting down")
             await asyncio.sleep(0.05)
-            await self.service.stop()
-            await self.redis.aclose()
-            await self.redis_bytes.aclose()
+            await self.gateway.stop()
 
 
 def create_app(settings: Settings) -> Starlette:
-    edge = Edge(settings)
-    routes: list[Any] = [
-        Route("/healthz", edge.healthz), Route("/readyz", edge.readyz), Route("/metrics", edge.metrics),
-        Route("/api/vocabulary", edge.vocabulary), Route("/api/demo-token", edge.demo_token, methods=["POST"]),
-        Route("/api/client-config", edge.client_config),
-        WebSocketRoute("/ws", edge.websocket),
-    ]
-    routes += getattr(edge.service, "extra_routes", [])
+    gateway = build(settings)
+    edge = Edge(gateway)
+    routes: list[Any] = [*edge.routes(), *gateway.safety.routes()]
     if STATIC.is_dir():
         routes.append(Mount("/", StaticFiles(directory=STATIC, html=True), name="static"))
     app = Starlette(routes=routes, lifespan=edge.lifespan)

@@ -54,7 +54,7 @@ class Hub:
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
         self.connected = asyncio.Event()
-        self.on_resync: Callable[[str], Awaitable[None]] | None = None
+        self._on_resync: Callable[[str], Awaitable[None]] | None = None   # given to run()
         self._pubsub: Any = None
         self._confirm: dict[bytes, asyncio.Future[None]] = {}
         self._user_stem = keys.user_channel("").encode()
@@ -144,9 +144,18 @@ class Hub:
         return self.by_user.get(uid, set())
 
     def send_user(self, uid: str, frame: dict[str, Any]) -> None:
+        """To this process's connections of one user only."""
         text = orjson.dumps(frame).decode()
         for conn in self.by_user.get(uid, ()):
             conn.push(text)
+
+    async def publish_user(self, uid: str, frame: dict[str, Any]) -> None:
+        """To every connection of one user, on every gateway (at most once: a hint, not a log)."""
+        await self.redis.publish(self.keys.user_channel(uid), orjson.dumps(frame))
+
+    async def publish_watchers(self, cid: str, frame: dict[str, Any]) -> None:
+        """To every moderator watching a conversation, on every gateway."""
+        await self.redis.publish(self.keys.watch_channel(cid), orjson.dumps(frame))
 
     # ---- sharded pub/sub (cluster only) --------------------------------------------
     async def _shard_subscribe(self, channel: bytes) -> None:
@@ -244,7 +253,11 @@ class Hub:
             conn.seen.pop(cid, None)
 
     # ---- the pub/sub loop ---------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self, on_resync: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """Own the pub/sub link until :meth:`stop`.  After every (re)subscription each connection
+        is caught up from the log and ``on_resync(uid)`` runs for every user held here, so the
+        services can re-send what lives outside the logs (matches, offers, the flag list)."""
+        self._on_resync = on_resync
         delays = backoff()
         while not self._stopping:
             pubsub = self.redis.pubsub()
@@ -311,9 +324,9 @@ class Hub:
             for conn in list(conns):
                 for cid in list(conn.delivered):
                     self.fill(conn, cid)
-            if self.on_resync is not None:
+            if self._on_resync is not None:
                 try:
-                    await self.on_resync(uid)
+                    await self._on_resync(uid)
                 except Exception:
                     log.warning("re-sync of a user failed")
         for cid, group in list(self.watchers.items()):

@@ -1,9 +1,9 @@
 """Moderation and safety in the gateway: flags on risky messages, crisis resources, reports, and
 the moderator's feed, watch and actions, every one of them on the audit log.
 
-:class:`Safety` plugs into :class:`gateway.service.Service` when the service is built: it adds
-its frame handlers to ``service.handlers``, sets the ``on_flagged`` and ``may_watch`` hooks, and
-adds ``GET /api/audit`` to ``service.extra_routes``.  Rules of access:
+:class:`Safety` is built by :mod:`gateway.compose` with its collaborators and offers its frame
+handlers (:meth:`Safety.handlers`), its HTTP routes (:meth:`Safety.routes`) and the two hooks
+the participants' service calls (:class:`gateway.service.SafetyHooks`).  Rules of access:
 
 * Moderators read a conversation (``watch``, ``history``) and act in it (``notice``,
   ``moderator_end``) only while it has a flag that is not resolved.  An unflagged, fully
@@ -18,7 +18,7 @@ import asyncio
 import logging
 import secrets
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -26,16 +26,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chat import audit
-from chat.crisis import parse_crisis_lines, resources_frame
+from chat.audit import AuditLog
+from chat.crisis import CrisisLine, resources_frame
 from chat.flags import FlagStore
 from chat.moderation import CRISIS, REPORT_CATEGORY, REPORT_SEVERITY, Verdict
-from chat.store import Appended, message_frame
+from chat.store import Appended, ChatStore, ConversationMeta, message_frame
+from core.errors import ErrorCode, ServiceError, Unauthorized
+from gateway import metrics
 from gateway.auth import verify_token
 from gateway.connection import Conn
-from core.errors import ErrorCode, ServiceError, Unauthorized
+from gateway.conversations import Conversations
+from gateway.dispatch import Handler
+from gateway.hub import Hub
+from gateway.settings import Settings
+from matcher.store import MatchStore
 
-if TYPE_CHECKING:
-    from gateway.service import Service
 
 log = logging.getLogger("aftertalk.safety")
 MAX_REASON = 1000
@@ -60,29 +65,31 @@ def _bounded(frame: dict[str, Any], name: str, limit: int, *, required: bool = F
 
 
 class Safety:
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.redis = service.redis
-        self.keys = service.keys
-        self.hub = service.hub
-        self.flags = FlagStore(service.redis, service.keys)
-        self.crisis_lines = parse_crisis_lines(service.settings.crisis_lines)
-        service.handlers.update({
+    def __init__(self, settings: Settings, *, match: MatchStore, chat: ChatStore, conversations: Conversations,
+                 hub: Hub, flags: FlagStore, audit_log: AuditLog, crisis_lines: tuple[CrisisLine, ...]) -> None:
+        self.settings = settings
+        self.match = match
+        self.chat = chat
+        self.conversations = conversations
+        self.hub = hub
+        self.flags = flags
+        self.audit_log = audit_log
+        self.crisis_lines = crisis_lines
+
+    def handlers(self) -> dict[str, Handler]:
+        """The frames this service answers; ``history`` stays with the participants' service,
+        which asks :meth:`authorize_moderator_read` for moderators."""
+        return {
             "report": self.on_report, "watch_flags": self.on_watch_flags, "watch": self.on_watch,
             "unwatch": self.on_unwatch, "notice": self.on_notice, "moderator_end": self.on_moderator_end,
             "suspend": self.on_suspend, "resolve": self.on_resolve,
-        })
-        self._participant_history = service.handlers["history"]
-        service.handlers["history"] = self.on_history
-        service.on_flagged = self.on_flagged
-        service.may_watch = self.flags.has_unresolved
-        self._resync_user = service.hub.on_resync
-        service.hub.on_resync = self.resync_user
-        service.extra_routes = [*getattr(service, "extra_routes", []),
-                                Route("/api/audit", self.audit_route, methods=["GET"])]
+        }
+
+    def routes(self) -> list[Route]:
+        return [Route("/api/audit", self.audit_route, methods=["GET"])]
 
     # ---- automatic flags ------------------------------------------------------------
-    async def on_flagged(self, conn: Conn, cid: str, appended: Appended, verdict: Verdict) -> None:
+    async def after_flagged(self, conn: Conn, cid: str, appended: Appended, verdict: Verdict) -> None:
         """After a flagged message was stored: resources to its author on crisis, then the flags.
 
         The message was acknowledged already, so a failure here is not the sender's error: the
@@ -90,15 +97,15 @@ class Safety:
         if CRISIS in verdict.categories:
             frame = resources_frame(cid, self.crisis_lines)
             try:        # to every connection of the author, on every gateway
-                await self.redis.publish(self.keys.user_channel(conn.user.id), orjson.dumps(frame))
+                await self.hub.publish_user(conn.user.id, frame)
             except Exception:
                 conn.push(orjson.dumps(frame).decode())     # at least the one they are typing on
         hits = [(hit.category, hit.severity) for hit in verdict.hits]
         for attempt in range(FLAG_ATTEMPTS):
             try:
-                stored = await self.service.chat.read_after(cid, appended.seq - 1, 1)
+                stored = await self.chat.read_after(cid, appended.seq - 1, 1)
                 original = stored[0].text if stored and stored[0].seq == appended.seq else verdict.shown_text
-                await self.flags.raise_flags(cid, appended.seq, hits, original, author=conn.user.id)
+                _count(await self.flags.raise_flags(cid, appended.seq, hits, original, author=conn.user.id))
                 return
             except Exception:
                 if attempt + 1 == FLAG_ATTEMPTS:
@@ -110,19 +117,20 @@ class Safety:
     async def on_report(self, conn: Conn, frame: dict[str, Any]) -> None:
         cid, uid = frame["conversation_id"], conn.user.id
         reason = _bounded(frame, "reason", MAX_REASON)
-        meta = await self.service._participant_meta(cid, uid)    # forbidden, the same for unknown ones
+        meta = await self.conversations.participant_meta(cid, uid)    # forbidden, the same for unknown ones
         pending = [f for f in await self.flags.for_conversation(cid)
                    if f["category"] == REPORT_CATEGORY and f.get("reported_by") == uid and f["status"] != "resolved"]
         if not pending:        # one open report per reporter and conversation is enough to bring a moderator
-            await self.flags.report(cid, meta.seq, uid, reason, category=REPORT_CATEGORY, severity=REPORT_SEVERITY)
+            _count([await self.flags.report(cid, meta.seq, uid, reason, category=REPORT_CATEGORY,
+                                            severity=REPORT_SEVERITY)])
         conn.push(orjson.dumps({"type": "reported", "conversation_id": cid}).decode())
 
     # ---- moderators: reading ------------------------------------------------------------
     async def _audit(self, conn: Conn, action: str, **target: str) -> None:
-        await audit.record(self.redis, self.keys, who=conn.user.id, who_name=conn.user.name, action=action, **target)
+        await self.audit_log.record(who=conn.user.id, who_name=conn.user.name, action=action, **target)
 
-    async def _open_to_moderators(self, cid: str):
-        meta = await self.service.chat.meta(cid)
+    async def _open_to_moderators(self, cid: str) -> ConversationMeta:
+        meta = await self.chat.meta(cid)
         if meta is None or not await self.flags.has_unresolved(cid):
             raise _forbidden(cid)
         return meta
@@ -149,7 +157,7 @@ class Safety:
         conn.filling.add(cid)
         try:
             await self.hub.watch(conn, cid)
-            messages = await self.service.chat.history(cid, None, self.service.settings.history_limit)
+            messages = await self.chat.history(cid, None, self.settings.history_limit)
             flags = await self.flags.for_conversation(cid)
         except BaseException:
             conn.filling.discard(cid)
@@ -173,20 +181,15 @@ class Safety:
         conn.delivered.pop(cid, None)
         conn.push(orjson.dumps({"type": "unwatched", "conversation_id": cid}).decode())
 
-    async def on_history(self, conn: Conn, frame: dict[str, Any]) -> None:
-        """Participants: unchanged.  Moderators: the read is audited first (only if it will be allowed)."""
-        if conn.user.role == "moderator":
-            cid = frame["conversation_id"]
-            if await self.flags.has_unresolved(cid):
-                before = frame.get("before_seq")
-                await self._audit(conn, audit.HISTORY, conversation_id=cid,
-                                  detail=f"before_seq={before}" if before is not None else "")
-        await self._participant_history(conn, frame)
+    async def authorize_moderator_read(self, conn: Conn, cid: str, before_seq: int | None) -> None:
+        """A moderator's ``history``: only while a flag is unresolved, and audited before anything is read."""
+        if not await self.flags.has_unresolved(cid):
+            raise _forbidden(cid)
+        await self._audit(conn, audit.HISTORY, conversation_id=cid,
+                          detail=f"before_seq={before_seq}" if before_seq is not None else "")
 
     async def resync_user(self, uid: str) -> None:
-        """After a pub/sub outage: also re-send the flag list to this user's feed connections."""
-        if self._resync_user is not None:
-            await self._resync_user(uid)
+        """After a pub/sub outage: re-send the flag list to this user's feed connections."""
         feeds = [c for c in self.hub.conns_of(uid) if c in self.hub.flag_watchers]
         if feeds:
             text = await self._flags_frame()
@@ -196,13 +199,13 @@ class Safety:
     # ---- moderators: actions ----------------------------------------------------------
     async def on_notice(self, conn: Conn, frame: dict[str, Any]) -> None:
         cid = frame["conversation_id"]
-        text = _bounded(frame, "text", self.service.settings.max_text_chars, required=True)
+        text = _bounded(frame, "text", self.settings.max_text_chars, required=True)
         client_id = frame.get("client_id")
         if not isinstance(client_id, str) or not 0 < len(client_id) <= 128:
             client_id = "notice-" + secrets.token_hex(8)
         await self._open_to_moderators(cid)
         user = conn.user
-        appended = await self.service.chat.append(cid, sender_id=user.id, name=user.name, role="moderator",
+        appended = await self.chat.append(cid, sender_id=user.id, name=user.name, role="moderator",
                                                   client_id=client_id, text=text, shown=text)
         if not appended.duplicate:
             await self._audit(conn, audit.NOTICE, conversation_id=cid, detail=text)
@@ -210,16 +213,12 @@ class Safety:
                                 "seq": appended.seq, "ts": appended.ts, "epoch": appended.epoch}).decode())
 
     async def _end_as_moderator(self, conn: Conn, cid: str, reason: str) -> bool:
-        # the log closes first, as in Service._end: a participant who hears "ended" and sends gets
-        # conversation_ended, never an ack
-        await self.service.chat.end(cid, conn.user.id)
-        out, created = await self.service.match.end(cid, conn.user.id, "moderator", reason=reason)
-        await self.service.open_created(created)
+        out = await self.conversations.end(cid, conn.user.id, "moderator", reason=reason)
         if out.get("ended"):
             ended = {"type": "ended", "conversation_id": cid, "by": "moderator"}
             if reason:
                 ended["reason"] = reason
-            await self.redis.publish(self.keys.watch_channel(cid), orjson.dumps(ended))
+            await self.hub.publish_watchers(cid, ended)
         return bool(out.get("ended"))
 
     async def on_moderator_end(self, conn: Conn, frame: dict[str, Any]) -> None:
@@ -239,14 +238,14 @@ class Safety:
         until = frame.get("until") or 0
         if uid == conn.user.id:
             raise ServiceError(ErrorCode.BAD_FRAME, "You cannot suspend yourself.", field="user_id")
-        if until and until <= (await self.redis.time())[0]:
+        if until and until <= await self.match.server_time():
             raise ServiceError(ErrorCode.BAD_FRAME, "'until' must be in the future (epoch seconds).", field="until")
         if until > MAX_UNTIL:        # found by fuzzing: 1e20 or 2**64 suspended first, then failed to audit
             raise ServiceError(ErrorCode.BAD_FRAME, "'until' must be epoch seconds before the year 10000 "
                                "(leave it out to suspend until lifted).", field="until")
-        await self.service.match.suspend(uid, until, reason)
+        await self.match.suspend(uid, until, reason)
         ended = []
-        for cid in sorted(await self.redis.smembers(self.keys.user_convs(uid))):
+        for cid in await self.match.user_conversations(uid):
             if await self._end_as_moderator(conn, cid, SUSPENSION_END_REASON):
                 ended.append(cid)
         detail = reason + (f" (until {datetime.fromtimestamp(until, timezone.utc).isoformat(timespec='seconds')})"
@@ -270,7 +269,7 @@ class Safety:
     # ---- HTTP: the audit log ----------------------------------------------------------
     async def audit_route(self, request: Request) -> Response:
         """``GET /api/audit?after=<entry id>&limit=<1..1000>`` with ``Authorization: Bearer <moderator token>``."""
-        s = self.service.settings
+        s = self.settings
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return _json({"error": "send Authorization: Bearer <moderator token>"}, 401,
@@ -288,16 +287,22 @@ class Safety:
         except ValueError:
             return _json({"error": f"'limit' must be an integer from 1 to {audit.MAX_PAGE}"}, 400)
         try:
-            if await self.service.match.is_suspended(user.id):
+            if await self.match.is_suspended(user.id):
                 return _json({"error": "moderators only"}, 403)
             try:
-                result = await audit.page(self.redis, self.keys, after=request.query_params.get("after"), limit=limit)
+                result = await self.audit_log.page(after=request.query_params.get("after"), limit=limit)
             except ValueError as exc:
                 return _json({"error": str(exc)}, 400)
         except Exception:
             log.warning("audit log read failed", exc_info=True)
             return _json({"error": "the store is unreachable; try again"}, 503)
         return _json(result, 200)
+
+
+def _count(created: list[dict[str, Any]]) -> None:
+    """Count the flags created now (a retried message re-raises nothing, so counts nothing)."""
+    for flag in created:
+        metrics.FLAGS.labels(flag["category"]).inc()
 
 
 def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:

@@ -1,8 +1,11 @@
-"""The gateway's use cases: one method per client frame, over the matcher and chat adapters.
+"""The participants' use cases: one method per client frame, over the matcher and chat adapters.
 
 Handlers validate what needs the vocabulary or state, call the adapters
 (which decide atomically in Redis), and push frames.  They raise
 ServiceError; only :mod:`gateway.app` turns errors into frames or closes.
+Everything this service uses is handed to it by :mod:`gateway.compose`; the
+moderators' side (:mod:`gateway.safety`) is reached only through the two
+calls of :class:`SafetyHooks`.
 """
 from __future__ import annotations
 
@@ -10,74 +13,71 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Protocol
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chat.moderation import Moderator, RuleSet, Verdict
-from chat.retention import purge_expired
+from chat.moderation import Moderator, Verdict
+from chat.retention import Retention
 from chat.store import Appended, ChatStore, message_frame
+from core.errors import ErrorCode, ServiceError, unavailable
 from gateway import metrics
 from gateway.auth import Identity
 from gateway.connection import Conn
-from core.errors import ErrorCode, ServiceError, unavailable
+from gateway.conversations import Conversations
+from gateway.dispatch import STORE_ERRORS, Handler
 from gateway.hub import Hub
-from core.keys import Keys
 from gateway.limits import TokenBucket
-from gateway.safety import Safety
 from gateway.settings import Settings
 from matcher.profile import parse_profile
-from matcher.store import Created, MatchStore, MatcherConfig
-from matcher.vocabulary import load_vocabulary
+from matcher.store import MatchStore
+from matcher.vocabulary import Vocabulary
 
 log = logging.getLogger("aftertalk.service")
-Handler = Callable[[Conn, dict[str, Any]], Awaitable[None]]
-STORE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class SafetyHooks(Protocol):
+    """What the participants' service asks of the moderators' side (:class:`gateway.safety.Safety`)."""
+
+    async def after_flagged(self, conn: Conn, cid: str, appended: Appended, verdict: Verdict) -> None:
+        """A flagged message was stored and acknowledged: resources for its author, flags for moderators."""
+
+    async def authorize_moderator_read(self, conn: Conn, cid: str, before_seq: int | None) -> None:
+        """Raise ``forbidden`` unless moderators may read this conversation now; audit the read first."""
 
 
 class Service:
-    def __init__(self, settings: Settings, redis: Any, redis_bytes: Any) -> None:
+    def __init__(self, settings: Settings, *, gateway_id: str, match: MatchStore, chat: ChatStore,
+                 conversations: Conversations, hub: Hub, moderator: Moderator, vocabulary: Vocabulary,
+                 retention: Retention, safety: SafetyHooks) -> None:
         self.settings = settings
-        self.redis = redis
-        self.keys = Keys(settings.key_prefix)
-        self.match = MatchStore(redis, self.keys, MatcherConfig(
-            offer_timeout_s=settings.offer_timeout_s, grace_s=settings.grace_period_s,
-            cooldown_s=settings.survivor_cooldown_s, daily_cap=settings.survivor_daily_cap,
-            offers_per_patient_hour=settings.offers_per_patient_hour, presence_ttl_s=settings.presence_ttl_s))
-        self.chat = ChatStore(redis, self.keys)
-        self.hub = Hub(redis_bytes, self.keys, self.chat)
-        self.hub.on_resync = self.resync_user
-        self.vocabulary = load_vocabulary()
-        self.moderator = Moderator(RuleSet.load(settings.moderation_rules_path or None),
-                                   mask_contact_info=settings.mask_contact_info)
-        self.gateway_id = secrets.token_hex(4)
-        self.handlers: dict[str, Handler] = {
+        self.gateway_id = gateway_id
+        self.match = match
+        self.chat = chat
+        self.conversations = conversations
+        self.hub = hub
+        self.moderator = moderator
+        self.vocabulary = vocabulary
+        self.retention = retention
+        self.safety = safety
+        self._send_buckets: dict[str, TokenBucket] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def handlers(self) -> dict[str, Handler]:
+        """The frames this service answers (roles are checked before, by :func:`gateway.protocol.authorize`)."""
+        return {
             "ping": self.on_ping, "availability": self.on_availability, "talk_now": self.on_talk_now,
             "cancel": self.on_cancel, "accept": self.on_accept, "decline": self.on_decline,
             "send": self.on_send, "history": self.on_history, "typing": self.on_typing,
             "end": self.on_end, "block": self.on_block, "feedback": self.on_feedback,
         }
-        # moderation registers its handlers and this hook (gateway.safety)
-        self.on_flagged: Callable[[Conn, str, Appended, Verdict], Awaitable[None]] | None = None
-        self.may_watch: Callable[[str], Awaitable[bool]] = self._never
-        self._send_buckets: dict[str, TokenBucket] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self.safety = Safety(self)
-
-    @staticmethod
-    async def _never(cid: str) -> bool:
-        return False
 
     # ---- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.hub.run()), loop.create_task(self._housekeeping()),
-                       loop.create_task(self._presence_loop())]
+        self._tasks = [loop.create_task(self._housekeeping()), loop.create_task(self._presence_loop())]
 
     async def stop(self) -> None:
-        self.hub.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -90,13 +90,11 @@ class Service:
             n += 1
             try:
                 _, created = await self.match.tick()
-                await self.open_created(created)
+                await self.conversations.open_created(created)
                 if n % 2 == 0:
                     await self._push_positions()
                 if n % 120 == 1:
-                    now = (await self.redis.time())[0]
-                    await purge_expired(self.redis, self.keys, now_s=now,
-                                        retention_s=self.settings.retention_days * 86400)
+                    await self.retention.run()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -110,7 +108,7 @@ class Service:
                 for member in await self.match.refresh_presence(list(live)):
                     conn = live[member]
                     if not conn.closed:    # reaped while alive (a stall longer than the TTL): register again
-                        await self.open_created(await self.match.connected(conn.user.id, conn.id))
+                        await self.conversations.open_created(await self.match.connected(conn.user.id, conn.id))
             except Exception as exc:
                 log.debug("presence refresh skipped: %s", type(exc).__name__)
 
@@ -125,13 +123,6 @@ class Service:
                 conn.position = pos
                 conn.push(orjson.dumps({"type": "queued", "position": pos,
                                         "estimated_wait_s": round(estimate * pos)}).decode())
-
-    async def open_created(self, created: list[Created]) -> None:
-        for c in created:
-            metrics.MATCHES.inc()
-            metrics.MATCH_LATENCY.observe(max(0.0, c.wait_s))
-            await self.chat.open(c.id, epoch=c.epoch, patient=(c.patient, c.patient_name),
-                                 survivor=(c.survivor, c.survivor_name))
 
     # ---- sessions -------------------------------------------------------------------
     def new_conn(self, ws: Any, user: Identity, on_slow: Callable[[Conn], None]) -> Conn:
@@ -149,10 +140,10 @@ class Service:
         conn.filling.add("*")            # hold live messages of every conversation until the welcome is out
         try:
             await self.hub.add(conn)
-            await self.open_created(await self.match.connected(uid, conn.id))
+            await self.conversations.open_created(await self.match.connected(uid, conn.id))
             state = await self.match.user_state(uid, conn.user.role)
             if conn.user.role == "survivor":
-                state["offers"] = await self._pending_offers(uid)
+                state["offers"] = await self.match.pending_offers(uid)
             metas = await asyncio.gather(*(self.chat.meta(c["conversation_id"]) for c in state["conversations"]))
         except STORE_ERRORS:
             raise unavailable() from None
@@ -204,18 +195,6 @@ class Service:
         for cid in list(conn.delivered):
             self.hub.fill(conn, cid)     # replays seq > delivered, then hands over to live delivery
 
-    async def _pending_offers(self, sid: str) -> list[dict[str, Any]]:
-        oids = await self.redis.smembers(self.keys.survivor_offers(sid))
-        out = []
-        now = (await self.redis.time())[0]
-        for oid in sorted(oids):
-            of = await self.redis.hgetall(self.keys.offer(oid))
-            if of:
-                out.append({"type": "offer", "offer_id": oid, "patient": {"name": of["pname"]},
-                            "shared": orjson.loads(of["shared"]),
-                            "expires_in_s": max(0, round(float(of["expires"]) - now))})
-        return out
-
     async def resync_user(self, uid: str) -> None:
         """After a pub/sub outage: replay matches and offers this process may have missed."""
         conns = self.hub.conns_of(uid)
@@ -223,7 +202,7 @@ class Service:
             return
         role = next(iter(conns)).user.role
         state = await self.match.user_state(uid, role)
-        offers = await self._pending_offers(uid) if role == "survivor" else []
+        offers = await self.match.pending_offers(uid) if role == "survivor" else []
         for conn in list(conns):
             for conv in state["conversations"]:
                 cid = conv["conversation_id"]
@@ -241,15 +220,9 @@ class Service:
         if not self.hub.conns_of(conn.user.id):
             self._send_buckets.pop(conn.user.id, None)
         try:
-            await self.open_created(await self.match.disconnected(conn.user.id, conn.id))
+            await self.conversations.open_created(await self.match.disconnected(conn.user.id, conn.id))
         except Exception:
             pass    # the presence lease expires by itself and the tick cleans up
-
-    async def dispatch(self, conn: Conn, frame: dict[str, Any]) -> None:
-        try:
-            await self.handlers[frame["type"]](conn, frame)
-        except STORE_ERRORS:
-            raise unavailable() from None
 
     # ---- frames ---------------------------------------------------------------------
     async def on_ping(self, conn: Conn, frame: dict[str, Any]) -> None:
@@ -270,7 +243,7 @@ class Service:
         state, created = await self.match.set_availability(
             user.id, user.name, available=frame["available"], profile=profile, max_chats=max_chats,
             auto_accept=bool(frame.get("auto_accept")))
-        await self.open_created(created)
+        await self.conversations.open_created(created)
         self.hub.send_user(user.id, {"type": "availability", "available": state["available"],
                                      "max_chats": state["max_chats"], "auto_accept": state["auto_accept"],
                                      "profile": profile.as_json(), "active": state["active"],
@@ -287,28 +260,19 @@ class Service:
         state, created = await self.match.talk_now(conn.user.id, conn.user.name, profile,
                                                    prefer_same_diagnosis_s=hold,
                                                    known_conversations=list(conn.delivered))
-        await self.open_created(created)
+        await self.conversations.open_created(created)
 
     async def on_cancel(self, conn: Conn, frame: dict[str, Any]) -> None:
         await self.match.cancel(conn.user.id)
 
     async def on_accept(self, conn: Conn, frame: dict[str, Any]) -> None:
         _, created = await self.match.respond(conn.user.id, frame["offer_id"], accept=True)
-        await self.open_created(created)
+        await self.conversations.open_created(created)
 
     async def on_decline(self, conn: Conn, frame: dict[str, Any]) -> None:
         _, created = await self.match.respond(conn.user.id, frame["offer_id"], accept=False)
-        await self.open_created(created)
+        await self.conversations.open_created(created)
         self.hub.send_user(conn.user.id, {"type": "declined", "offer_id": frame["offer_id"]})
-
-    async def _ensure_chat(self, cid: str, uid: str) -> bool:
-        """Open a conversation's log from the matcher's record if the matching gateway died before it could."""
-        cv = await self.match.conversation(cid)
-        if not cv or uid not in (cv["patient"], cv["survivor"]) or cv.get("state") != "open":
-            return False
-        await self.chat.open(cid, epoch=cv["epoch"], patient=(cv["patient"], cv["patient_name"]),
-                             survivor=(cv["survivor"], cv["survivor_name"]))
-        return True
 
     async def on_send(self, conn: Conn, frame: dict[str, Any]) -> None:
         cid, client_id, text = frame["conversation_id"], frame["client_id"], frame["text"]
@@ -333,8 +297,8 @@ class Service:
         metrics.MESSAGES.inc()
         conn.push(orjson.dumps({"type": "ack", "conversation_id": cid, "client_id": client_id,
                                 "seq": appended.seq, "ts": appended.ts, "epoch": appended.epoch}).decode())
-        if verdict is not None and verdict.flagged and self.on_flagged is not None:   # idempotent: a retry re-raises lost flags
-            await self.on_flagged(conn, cid, appended, verdict)
+        if verdict is not None and verdict.flagged:   # idempotent: a retry re-raises lost flags
+            await self.safety.after_flagged(conn, cid, appended, verdict)
 
     async def _append(self, cid: str, user: Identity, client_id: str, text: str, shown: str, flags: str) -> Appended:
         kwargs = dict(sender_id=user.id, name=user.name, role=user.role, client_id=client_id,
@@ -342,17 +306,9 @@ class Service:
         try:
             return await self.chat.append(cid, **kwargs)
         except ServiceError as exc:
-            if exc.code != ErrorCode.FORBIDDEN or not await self._ensure_chat(cid, user.id):
+            if exc.code != ErrorCode.FORBIDDEN or not await self.conversations.ensure_open(cid, user.id):
                 raise
         return await self.chat.append(cid, **kwargs)
-
-    async def _participant_meta(self, cid: str, uid: str):
-        meta = await self.chat.meta(cid)
-        if meta is None and await self._ensure_chat(cid, uid):
-            meta = await self.chat.meta(cid)
-        if meta is None or not meta.participant(uid):
-            raise ServiceError(ErrorCode.FORBIDDEN, "You are not part of that conversation.", conversation_id=cid)
-        return meta
 
     async def on_history(self, conn: Conn, frame: dict[str, Any]) -> None:
         cid = frame["conversation_id"]
@@ -361,12 +317,14 @@ class Service:
             raise ServiceError(ErrorCode.BAD_FRAME, "'limit' must be 1 to 200.", field="limit")
         before = frame.get("before_seq")
         if conn.user.role == "moderator":
-            meta = await self.chat.meta(cid)
-            if meta is None or not await self.may_watch(cid):
+            await self.safety.authorize_moderator_read(conn, cid, before)
+            found = await self.chat.meta(cid)
+            if found is None:
                 raise ServiceError(ErrorCode.FORBIDDEN, "That conversation is not open to moderators.",
                                    conversation_id=cid)
+            meta = found
         else:
-            meta = await self._participant_meta(cid, conn.user.id)
+            meta = await self.conversations.participant_meta(cid, conn.user.id)
         messages = await self.chat.history(cid, before, limit)
         moderator_view = conn.user.role == "moderator"
         conn.push(orjson.dumps({
@@ -382,20 +340,15 @@ class Service:
         if now - conn.typing_at.get(cid, 0.0) < self.settings.typing_interval_s:
             return                  # typing is a hint: extra ones are dropped, never stored
         conn.typing_at[cid] = now
-        meta = await self._participant_meta(cid, conn.user.id)
+        meta = await self.conversations.participant_meta(cid, conn.user.id)
         if meta.ended:
             return
-        await self.redis.publish(self.keys.user_channel(meta.peer_of(conn.user.id)), orjson.dumps(
-            {"type": "typing", "conversation_id": cid, "from": {"name": conn.user.name, "role": conn.user.role}}))
+        await self.hub.publish_user(meta.peer_of(conn.user.id), {
+            "type": "typing", "conversation_id": cid, "from": {"name": conn.user.name, "role": conn.user.role}})
 
-    async def _end(self, conn: Conn, cid: str, *, block: bool, reason: str = "") -> None:
-        # The log closes first: the matcher's script publishes "ended", and a peer who hears it and
-        # sends must get conversation_ended, not an ack.  A crash in between leaves the log closed and
-        # the match open; ending again finishes the job (both steps are idempotent).
-        await self._participant_meta(cid, conn.user.id)
-        await self.chat.end(cid, conn.user.id)
-        out, created = await self.match.end(cid, conn.user.id, conn.user.role, block=block, reason=reason)
-        await self.open_created(created)
+    async def _end(self, conn: Conn, cid: str, *, block: bool) -> None:
+        await self.conversations.participant_meta(cid, conn.user.id)
+        await self.conversations.end(cid, conn.user.id, conn.user.role, block=block)
 
     async def on_end(self, conn: Conn, frame: dict[str, Any]) -> None:
         await self._end(conn, frame["conversation_id"], block=False)

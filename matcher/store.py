@@ -197,3 +197,31 @@ class MatchStore:
     async def wait_estimate(self) -> float:
         raw = await self.redis.hget(self.keys.stats, "wait_ewma")
         return float(raw) if raw else self.config.ewma_default_s
+
+    async def pending_offers(self, sid: str) -> list[dict[str, Any]]:
+        """A survivor's offers still waiting for an answer, as ``offer`` frames (oldest id first)."""
+        oids = await self.redis.smembers(self.keys.survivor_offers(sid))
+        out = []
+        now = await self.server_time()
+        for oid in sorted(oids):
+            of = await self.redis.hgetall(self.keys.offer(oid))
+            if of:
+                out.append({"type": "offer", "offer_id": oid, "patient": {"name": of["pname"]},
+                            "shared": orjson.loads(of["shared"]),
+                            "expires_in_s": max(0, round(float(of["expires"]) - now))})
+        return out
+
+    async def user_conversations(self, uid: str) -> list[str]:
+        """Ids of a user's open conversations, sorted."""
+        return sorted(await self.redis.smembers(self.keys.user_convs(uid)))
+
+    async def is_erased(self, uid: str) -> bool:
+        return bool(await self.redis.sismember(self.keys.erased, uid))
+
+    async def stats(self) -> dict[str, str]:
+        """The matcher's counters and wait average (``keys.stats``), for /metrics."""
+        return dict(await self.redis.hgetall(self.keys.stats))
+
+    async def server_time(self) -> int:
+        """Redis's clock in whole seconds: the one every gateway agrees on."""
+        return int((await self.redis.time())[0])

@@ -1,0 +1,99 @@
+"""The composition root: the one place that builds every part of a gateway process and hands each
+its collaborators through its constructor.
+
+Order of construction is the order of dependency, and nothing is patched afterwards:
+
+    Redis clients -> stores (matcher, chat, flags, audit, retention)
+                  -> hub (pub/sub fan-out) -> conversations (matcher + chat in step)
+                  -> safety (moderators) -> service (participants) -> dispatcher
+
+The hub's re-sync callback is given to :meth:`Hub.run` when the process starts, because the
+services that answer it are built after the hub they use.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from chat.audit import AuditLog
+from chat.crisis import parse_crisis_lines
+from chat.flags import FlagStore
+from chat.moderation import Moderator, RuleSet
+from chat.retention import Retention
+from chat.store import ChatStore
+from core.keys import Keys
+from core.redis_client import make_redis
+from gateway.conversations import Conversations
+from gateway.dispatch import Dispatcher
+from gateway.hub import Hub
+from gateway.safety import Safety
+from gateway.service import Service
+from gateway.settings import Settings
+from matcher.store import MatchStore, MatcherConfig
+from matcher.vocabulary import load_vocabulary
+
+
+@dataclass
+class Gateway:
+    """Everything one gateway process runs, built by :func:`build`; started and stopped by the app."""
+
+    settings: Settings
+    redis: Any
+    redis_bytes: Any
+    keys: Keys
+    match: MatchStore
+    chat: ChatStore
+    hub: Hub
+    safety: Safety
+    service: Service
+    dispatcher: Dispatcher
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def gateway_id(self) -> str:
+        return self.service.gateway_id
+
+    def start(self) -> None:
+        self._tasks = [asyncio.get_running_loop().create_task(self.hub.run(on_resync=self._resync_user))]
+        self.service.start()
+
+    async def _resync_user(self, uid: str) -> None:
+        await self.service.resync_user(uid)
+        await self.safety.resync_user(uid)
+
+    async def stop(self) -> None:
+        self.hub.stop()
+        await self.service.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.redis.aclose()
+        await self.redis_bytes.aclose()
+
+
+def build(settings: Settings) -> Gateway:
+    """Build a gateway process's parts.  Raises ValueError for bad moderation rules or crisis lines."""
+    redis = make_redis(settings.redis_url, decode=True)
+    redis_bytes = make_redis(settings.redis_url, decode=False)
+    keys = Keys(settings.key_prefix)
+    match = MatchStore(redis, keys, MatcherConfig(
+        offer_timeout_s=settings.offer_timeout_s, grace_s=settings.grace_period_s,
+        cooldown_s=settings.survivor_cooldown_s, daily_cap=settings.survivor_daily_cap,
+        offers_per_patient_hour=settings.offers_per_patient_hour, presence_ttl_s=settings.presence_ttl_s))
+    chat = ChatStore(redis, keys)
+    hub = Hub(redis_bytes, keys, chat)
+    conversations = Conversations(match, chat)
+    safety = Safety(settings, match=match, chat=chat, conversations=conversations, hub=hub,
+                    flags=FlagStore(redis, keys), audit_log=AuditLog(redis, keys),
+                    crisis_lines=parse_crisis_lines(settings.crisis_lines))
+    moderator = Moderator(RuleSet.load(settings.moderation_rules_path or None),
+                          mask_contact_info=settings.mask_contact_info)
+    service = Service(settings, gateway_id=secrets.token_hex(4), match=match, chat=chat,
+                      conversations=conversations, hub=hub, moderator=moderator, vocabulary=load_vocabulary(),
+                      retention=Retention(redis, keys, retention_s=settings.retention_days * 86400),
+                      safety=safety)
+    dispatcher = Dispatcher(service.handlers(), safety.handlers())
+    return Gateway(settings=settings, redis=redis, redis_bytes=redis_bytes, keys=keys, match=match, chat=chat,
+                   hub=hub, safety=safety, service=service, dispatcher=dispatcher)
