@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import orjson
 
 from core.keys import Keys
+from core.redis_client import RedisClient
 from core.scripts import ScriptSet
 
 SCRIPTS = ("flag_create.lua", "flag_resolve.lua", "flag_ack.lua")
@@ -34,6 +36,7 @@ OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
 EXCERPT_CHARS = 200
 MAX_LIST = 500
 PRIORITY_CATEGORIES = ("crisis",)
+SOURCE_RULES, SOURCE_MODEL, SOURCE_REPORT = "rules", "model", "report"
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
@@ -60,8 +63,10 @@ def flag_frame(h: dict[str, str]) -> dict[str, Any]:
         "type": "flag", "flag_id": h["flag_id"], "conversation_id": h["conversation_id"],
         "category": h["category"], "severity": h["severity"], "seq": int(h.get("seq") or 0),
         "excerpt": h.get("excerpt", ""), "ts": int(h.get("created") or 0), "status": h.get("status", OPEN),
-        "priority": h.get("priority") == "1",
+        "priority": h.get("priority") == "1", "source": h.get("source") or SOURCE_RULES,
     }
+    if h.get("score"):
+        frame["score"] = float(h["score"])
     if h.get("reported_by"):
         frame["reported_by"] = h["reported_by"]
         frame["reason"] = h.get("reason", "")
@@ -74,44 +79,52 @@ def flag_frame(h: dict[str, str]) -> dict[str, Any]:
 
 
 class FlagStore:
-    def __init__(self, redis: Any, keys: Keys, *, priority_categories: Iterable[str] = PRIORITY_CATEGORIES) -> None:
+    # ``redis`` decodes replies (make_redis(..., decode=True)); redis-py's types cannot say so, hence the casts to str.
+    def __init__(self, redis: RedisClient, keys: Keys, *,
+                 priority_categories: Iterable[str] = PRIORITY_CATEGORIES) -> None:
         self.redis = redis
         self.keys = keys
         self.scripts = ScriptSet(redis, "chat", SCRIPTS)
         self.priority_categories = ",".join(priority_categories)
 
-    async def _create(self, cid: str, seq: int, text: str, triples: list[str], *, author: str = "",
+    async def _create(self, cid: str, seq: int, text: str, quads: list[str], *, source: str, author: str = "",
                       reporter: str = "", reason: str = "") -> list[dict[str, Any]]:
         k = self.keys
         raw = await self.scripts.run(
             "flag_create", [k.flags, k.conv_flags(cid)],
             [k.ctl, k.flag_channel, cid, seq, excerpt(text), self.priority_categories, author, reporter, reason,
-             *triples])
+             source, *quads])
         return orjson.loads(raw)
 
     async def raise_flags(self, cid: str, seq: int, hits: Iterable[tuple[str, str]], text: str, *,
-                          author: str = "") -> list[dict[str, Any]]:
+                          author: str = "", source: str = SOURCE_RULES,
+                          scores: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
         """One flag per (category, severity) on message ``seq``; ``text`` is its ORIGINAL text, ``author``
-        the sender's id (kept so that erasing the sender also blanks the excerpt).
+        the sender's id (kept so that erasing the sender also blanks the excerpt).  ``source`` says
+        who raised it (``rules`` or ``model``); the model also gives each category's ``score``.
 
-        Returns the frames of the flags created now (already-raised ones are skipped)."""
-        triples: list[str] = []
+        The flag id depends only on (conversation, seq, category), whoever raises it: a rule flag and
+        a model flag of the same category on the same message are one flag, raised by whichever
+        came first.  Returns the frames of the flags created now (already-raised ones are skipped)."""
+        quads: list[str] = []
         for category, severity in hits:
-            triples += [message_flag_id(cid, seq, category), category, severity]
-        if not triples:
+            score = "" if scores is None or category not in scores else f"{scores[category]:.4f}"
+            quads += [message_flag_id(cid, seq, category), category, severity, score]
+        if not quads:
             return []
-        return await self._create(cid, seq, text, triples, author=author)
+        return await self._create(cid, seq, text, quads, source=source, author=author)
 
     async def report(self, cid: str, seq: int, reporter: str, reason: str, *,
                      category: str = "report", severity: str = "high") -> dict[str, Any]:
         """A participant's report: a new flag at the latest ``seq``; the excerpt is the reason."""
         fid = "r" + secrets.token_hex(10)
-        created = await self._create(cid, seq, reason, [fid, category, severity], reporter=reporter, reason=reason)
+        created = await self._create(cid, seq, reason, [fid, category, severity, ""], source=SOURCE_REPORT,
+                                     reporter=reporter, reason=reason)
         return created[0]
 
     async def get(self, flag_id: str) -> dict[str, Any] | None:
         h = await self.redis.hgetall(self.keys.flag(flag_id))
-        return flag_frame(h) if h else None
+        return flag_frame(cast(dict[str, str], h)) if h else None
 
     async def _frames(self, ids: list[str]) -> list[dict[str, Any]]:
         if not ids:
@@ -124,14 +137,14 @@ class FlagStore:
 
     async def list_unresolved(self, limit: int = MAX_LIST) -> list[dict[str, Any]]:
         """Open and acknowledged flags in review order (priority, then severity, then age)."""
-        return await self._frames(list(await self.redis.zrange(self.keys.flags, 0, limit - 1)))
+        return await self._frames(cast(list[str], await self.redis.zrange(self.keys.flags, 0, limit - 1)))
 
     async def count_unresolved(self) -> int:
         return await self.redis.zcard(self.keys.flags)
 
     async def for_conversation(self, cid: str) -> list[dict[str, Any]]:
         """Every flag of one conversation, resolved ones included, oldest first."""
-        frames = await self._frames(sorted(await self.redis.hkeys(self.keys.conv_flags(cid))))
+        frames = await self._frames(sorted(cast(list[str], await self.redis.hkeys(self.keys.conv_flags(cid)))))
         return sorted(frames, key=lambda f: (f["ts"], f["flag_id"]))
 
     async def has_unresolved(self, cid: str) -> bool:
@@ -158,7 +171,7 @@ class FlagStore:
         return orjson.loads(raw)
 
 
-async def forget_author(redis: Any, keys: Keys, cid: str, uid: str) -> int:
+async def forget_author(redis: RedisClient, keys: Keys, cid: str, uid: str) -> int:
     """Erasure: blank the excerpts (and report reasons) ``uid`` wrote in conversation ``cid``'s flags.
 
     The flags themselves stay (category, seq, status, who resolved them: the moderation record);
@@ -172,7 +185,7 @@ async def forget_author(redis: Any, keys: Keys, cid: str, uid: str) -> int:
         rows = await pipe.execute()
     changed = 0
     async with redis.pipeline(transaction=False) as pipe:
-        for fid, row in zip(fids, rows):
+        for fid, row in zip(fids, rows, strict=True):
             author, reporter, text = (v.decode() if isinstance(v, bytes) else v for v in row)
             if text and uid in (author, reporter):
                 pipe.hset(keys.flag(fid), mapping={"excerpt": "", "reason": ""})

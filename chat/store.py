@@ -261,9 +261,12 @@ class _AutoPipeline:
 class ChatStore:
     """Conversation logs in Redis.  One instance per process; its scripts are registered once."""
 
-    def __init__(self, redis: Any, keys: Keys) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, screening: bool = False) -> None:
+        """``screening``: queue every participant's new message on ``keys.screen_queue`` for the
+        screening workers (:mod:`chat.screening.worker`)."""
         self.redis = redis
         self.keys = keys
+        self.screening = screening
         self.scripts = ScriptSet(redis, "chat", SCRIPTS)
         self._user_stem = keys.user_channel("")
         assert keys.user_channel("x") == self._user_stem + "x", "user channels must be stem + uid"
@@ -305,11 +308,27 @@ class ChatStore:
                 self._user_stem, self.keys.watch_channel(cid)]
         if self._sharded:
             args += [self.keys.conv_live(cid), self.keys.conv_watch(cid)]
+        elif self.screening:
+            keys.append(self.keys.screen_queue)
         if self._append_pipeline is not None:
             res = await self._append_pipeline.call(keys, args)
         else:
             res = await self.scripts.run("append", keys, args)
-        return Appended(int(res[0]), int(res[1]), _s(res[2]), bool(int(res[3])))
+        appended = Appended(int(res[0]), int(res[1]), _s(res[2]), bool(int(res[3])))
+        if self._sharded and self.screening and role != "moderator":
+            await self._queue_for_screening(cid, appended.seq)
+        return appended
+
+    async def _queue_for_screening(self, cid: str, seq: int) -> None:
+        """Cluster only: the screening stream is in the ``{ctl}`` slot, out of the append script's
+        reach, so the message is queued here, before the sender's ack.  If this fails the sender
+        gets ``unavailable`` and resends with the same client id: the append is then a duplicate
+        and the message is queued again (the workers' flags are idempotent).  Only a gateway that
+        dies between the two commands leaves a message to the rules alone (docs/safety-eval.md)."""
+        try:
+            await self.redis.xadd(self.keys.screen_queue, {"c": cid, "s": seq})
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            raise unavailable() from None
 
     async def read_after(self, cid: str, after_seq: int, limit: int = 500) -> list[StoredMessage]:
         """Messages with seq > after_seq, ascending, at most ``limit``."""

@@ -7,6 +7,11 @@ so message traffic spreads over the cluster.  A script only ever touches
 keys of one tag.  Plain pub/sub channels are not keys and carry no tag; the
 two shard channels of a conversation (cluster mode only, SPUBLISH) carry its
 ``{c:ID}`` tag, so its append script may publish to them.
+
+The Lua scripts spell no key either: every control-plane name below (those under
+``ctl``) reaches them as the table ``KEY`` (``KEY.survivor(uid)``, ``KEY.queue``, ...)
+that core/scripts.py generates from this class, so a key is named here or nowhere
+(tests/unit/test_lua_keys.py checks the scripts for hand-written key text).
 """
 from __future__ import annotations
 
@@ -94,6 +99,58 @@ class Keys:
     @property
     def erased(self) -> str:                      # set of erased user ids
         return f"{self.ctl}erased"
+
+    # ---- the matcher's own bookkeeping (matcher/lua) -------------------------------
+    def request_declined(self, uid: str) -> str:  # set: survivors this request is never offered again
+        return f"{self.ctl}rq:{uid}:no"           # (declined, let lapse or withdrew its offer)
+
+    def request_count(self, uid: str, hour: int) -> str:  # counter: talk-now requests in one hour
+        return f"{self.ctl}rqcount:{uid}:{hour}"          # (hour = epoch s // 3600; expires)
+
+    @property
+    def relax(self) -> str:                       # zset patient -> end of their same-diagnosis hold
+        return f"{self.ctl}relax"
+
+    @property
+    def away(self) -> str:                        # zset patient -> when their last connection went
+        return f"{self.ctl}away"
+
+    @property
+    def cooldowns(self) -> str:                   # zset survivor -> when to look at them again
+        return f"{self.ctl}cooldowns"             # (cool-down over, or daily cap lifted at midnight)
+
+    # ---- the matcher's survivor index: who may be offered now (matcher/lua/lib.lua) --
+    def rank_dx(self, code: str) -> str:          # zset survivor -> rank score, per diagnosis
+        return f"{self.ctl}ix:rank:dx:{code}"
+
+    def rank_se(self, code: str) -> str:          # zset survivor -> rank score, per side effect
+        return f"{self.ctl}ix:rank:se:{code}"
+
+    def rank_pair(self, dx: str, se: str) -> str:  # zset survivor -> rank score, per diagnosis and side effect
+        return f"{self.ctl}ix:rank:ds:{dx}:{se}"
+
+    def lang_index(self, code: str) -> str:       # set of indexed survivors who speak this language
+        return f"{self.ctl}ix:lang:{code}"
+
+    @property
+    def wait_index(self) -> str:                  # zset indexed survivor -> time of last match
+        return f"{self.ctl}ix:wait"
+
+    @property
+    def scratch(self) -> str:                     # a script's scratch zset, deleted before it returns
+        return f"{self.ctl}tmp"
+
+    @property
+    def scratch_langs(self) -> str:               # scratch set: a union of language indexes
+        return f"{self.ctl}tmp:lang"
+
+    @property
+    def scratch_both(self) -> str:                # scratch zset: survivors sharing both of two diagnoses
+        return f"{self.ctl}tmp:both"
+
+    @property
+    def screen_queue(self) -> str:                # stream: (conversation, seq) of messages for the model to screen
+        return f"{self.ctl}screen"
 
     # ---- one conversation: one slot each ------------------------------------------
     def conv_meta(self, cid: str) -> str:         # hash: epoch, seq, participants, state

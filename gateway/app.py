@@ -76,6 +76,8 @@ class Edge:
         with contextlib.suppress(Exception):
             stats = await asyncio.wait_for(self.gateway.match.stats(), 1.0)
             metrics.update_store_gauges(stats, await self.gateway.match.queue_length())
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.gateway.safety.screening_backlog(), 1.0)
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     async def vocabulary(self, request: Request) -> Response:

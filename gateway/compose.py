@@ -22,6 +22,7 @@ from chat.crisis import parse_crisis_lines
 from chat.flags import FlagStore
 from chat.moderation import Moderator, RuleSet
 from chat.retention import Retention
+from chat.screening.queue import ScreenQueue
 from chat.store import ChatStore
 from core.keys import Keys
 from core.redis_client import make_redis
@@ -58,6 +59,7 @@ class Gateway:
     def start(self) -> None:
         self._tasks = [asyncio.get_running_loop().create_task(self.hub.run(on_resync=self._resync_user))]
         self.service.start()
+        self.safety.start()
 
     async def _resync_user(self, uid: str) -> None:
         await self.service.resync_user(uid)
@@ -66,6 +68,7 @@ class Gateway:
     async def stop(self) -> None:
         self.hub.stop()
         await self.service.stop()
+        await self.safety.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -82,12 +85,13 @@ def build(settings: Settings) -> Gateway:
         offer_timeout_s=settings.offer_timeout_s, grace_s=settings.grace_period_s,
         cooldown_s=settings.survivor_cooldown_s, daily_cap=settings.survivor_daily_cap,
         offers_per_patient_hour=settings.offers_per_patient_hour, presence_ttl_s=settings.presence_ttl_s))
-    chat = ChatStore(redis, keys)
+    chat = ChatStore(redis, keys, screening=settings.screening)
     hub = Hub(redis_bytes, keys, chat)
     conversations = Conversations(match, chat)
     safety = Safety(settings, match=match, chat=chat, conversations=conversations, hub=hub,
                     flags=FlagStore(redis, keys), audit_log=AuditLog(redis, keys),
-                    crisis_lines=parse_crisis_lines(settings.crisis_lines))
+                    crisis_lines=parse_crisis_lines(settings.crisis_lines),
+                    screen_queue=ScreenQueue(redis, keys) if settings.screening else None)
     moderator = Moderator(RuleSet.load(settings.moderation_rules_path or None),
                           mask_contact_info=settings.mask_contact_info)
     service = Service(settings, gateway_id=secrets.token_hex(4), match=match, chat=chat,

@@ -19,6 +19,12 @@ GAP_FILLS = Counter("aftertalk_gap_fills_total", "Times a connection was caught 
 SLOW_CLOSES = Counter("aftertalk_slow_consumer_closes_total", "Connections cut for not reading", registry=REGISTRY)
 PUBSUB_RECONNECTS = Counter("aftertalk_pubsub_reconnects_total", "Pub/sub link re-established", registry=REGISTRY)
 FLAGS = Counter("aftertalk_flags_total", "Moderation flags raised here", ["category"], registry=REGISTRY)
+SCREEN_WAITING = Gauge("aftertalk_screening_backlog", "Messages queued for the screening model and not yet "
+                       "screened (whole service)", registry=REGISTRY)
+SCREEN_OLDEST = Gauge("aftertalk_screening_oldest_age_seconds", "Age of the oldest message waiting for screening "
+                      "(whole service; 0 when none waits)", registry=REGISTRY)
+SCREEN_PENDING = Gauge("aftertalk_screening_in_progress", "Queued messages a worker has taken and not finished",
+                       registry=REGISTRY)
 
 _OUTCOME_FIELDS = {"offers_made": "made", "offers_accepted": "accepted", "offers_declined": "declined",
                    "offers_timeout": "timeout", "offers_withdrawn": "withdrawn", "offers_cancelled": "cancelled"}
@@ -32,3 +38,9 @@ def update_store_gauges(stats: dict[str, str], queue_length: int) -> None:
         current = OFFER_OUTCOMES.labels(outcome)._value.get()
         if value > current:
             OFFER_OUTCOMES.labels(outcome).inc(value - current)
+
+
+def update_screening_gauges(waiting: int, oldest_age_s: float, pending: int) -> None:
+    SCREEN_WAITING.set(waiting)
+    SCREEN_OLDEST.set(oldest_age_s)
+    SCREEN_PENDING.set(pending)

@@ -30,6 +30,7 @@ from chat.audit import AuditLog
 from chat.crisis import CrisisLine, resources_frame
 from chat.flags import FlagStore
 from chat.moderation import CRISIS, REPORT_CATEGORY, REPORT_SEVERITY, Verdict
+from chat.screening.queue import Backlog, ScreenQueue
 from chat.store import Appended, ChatStore, ConversationMeta, message_frame
 from core.errors import ErrorCode, ServiceError, Unauthorized
 from gateway import metrics
@@ -47,6 +48,7 @@ MAX_REASON = 1000
 FLAG_ATTEMPTS = 3
 NOT_OPEN = "That conversation is not open to moderators."
 SUSPENSION_END_REASON = "This conversation was closed by a moderator."
+BACKLOG_CHECK_S = 2.0             # how often the screening backlog is looked at for the moderators' feed
 MAX_UNTIL = 253402300799           # 9999-12-31T23:59:59Z: the last instant a suspension end can be written as a date
 
 
@@ -66,7 +68,8 @@ def _bounded(frame: dict[str, Any], name: str, limit: int, *, required: bool = F
 
 class Safety:
     def __init__(self, settings: Settings, *, match: MatchStore, chat: ChatStore, conversations: Conversations,
-                 hub: Hub, flags: FlagStore, audit_log: AuditLog, crisis_lines: tuple[CrisisLine, ...]) -> None:
+                 hub: Hub, flags: FlagStore, audit_log: AuditLog, crisis_lines: tuple[CrisisLine, ...],
+                 screen_queue: ScreenQueue | None) -> None:
         self.settings = settings
         self.match = match
         self.chat = chat
@@ -75,6 +78,9 @@ class Safety:
         self.flags = flags
         self.audit_log = audit_log
         self.crisis_lines = crisis_lines
+        self.screen_queue = screen_queue      # None: model screening is off in this deployment
+        self._behind: bool | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def handlers(self) -> dict[str, Handler]:
         """The frames this service answers; ``history`` stays with the participants' service,
@@ -87,6 +93,48 @@ class Safety:
 
     def routes(self) -> list[Route]:
         return [Route("/api/audit", self.audit_route, methods=["GET"])]
+
+    # ---- screening backlog ------------------------------------------------------------
+    def start(self) -> None:
+        if self.screen_queue is not None:
+            self._task = asyncio.get_running_loop().create_task(self._watch_backlog())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def screening_backlog(self) -> Backlog | None:
+        """The model screening's backlog (also in /metrics), or None when screening is off."""
+        if self.screen_queue is None:
+            return None
+        backlog = await self.screen_queue.backlog()
+        metrics.update_screening_gauges(backlog.waiting, backlog.oldest_age_s, backlog.pending)
+        return backlog
+
+    def _screening_frame(self, backlog: Backlog) -> str:
+        behind = backlog.oldest_age_s > self.settings.screening_behind_s
+        return orjson.dumps({"type": "screening", "behind": behind, "waiting": backlog.waiting,
+                             "oldest_age_s": round(backlog.oldest_age_s, 1),
+                             "bound_s": self.settings.screening_behind_s}).decode()
+
+    async def _watch_backlog(self) -> None:
+        """Tell this process's flag feeds when screening falls behind its bound, and when it catches up."""
+        while True:
+            await asyncio.sleep(BACKLOG_CHECK_S)
+            try:
+                backlog = await self.screening_backlog()
+            except Exception as exc:
+                log.debug("screening backlog unreadable: %s", type(exc).__name__)
+                continue
+            if backlog is None:
+                return
+            behind = backlog.oldest_age_s > self.settings.screening_behind_s
+            if behind != self._behind or behind:
+                self._behind = behind
+                text = self._screening_frame(backlog)
+                for conn in list(self.hub.flag_watchers):
+                    conn.push(text)
 
     # ---- automatic flags ------------------------------------------------------------
     async def after_flagged(self, conn: Conn, cid: str, appended: Appended, verdict: Verdict) -> None:
@@ -146,6 +194,15 @@ class Safety:
         await self._audit(conn, audit.WATCH_FLAGS)
         self.hub.flag_watchers.add(conn)
         conn.push(await self._flags_frame())
+        await self._push_screening(conn)
+
+    async def _push_screening(self, conn: Conn) -> None:
+        try:
+            backlog = await self.screening_backlog()
+        except Exception:
+            return      # the next backlog check tells the feed
+        if backlog is not None:
+            conn.push(self._screening_frame(backlog))
 
     async def on_watch(self, conn: Conn, frame: dict[str, Any]) -> None:
         cid = frame["conversation_id"]
@@ -195,6 +252,7 @@ class Safety:
             text = await self._flags_frame()
             for conn in feeds:
                 conn.push(text)
+                await self._push_screening(conn)
 
     # ---- moderators: actions ----------------------------------------------------------
     async def on_notice(self, conn: Conn, frame: dict[str, Any]) -> None:

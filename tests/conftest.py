@@ -42,3 +42,20 @@ def gateways(redis_server, prefix, tmp_path):
     launcher = GatewayLauncher(redis_server.url, prefix, str(tmp_path))
     yield launcher
     launcher.stop_all()
+
+
+@pytest.fixture
+def moderators(redis_server, prefix, tmp_path):
+    """Start ``aftertalk moderate`` screening workers on the test Redis: ``moderators(1, ...env)``."""
+    from support.gateway import ModerateProcess
+
+    started: list[ModerateProcess] = []
+
+    def start(n: int = 1, **env: object) -> list[ModerateProcess]:
+        procs = [ModerateProcess(redis_server.url, prefix, log_dir=str(tmp_path), **env).start() for _ in range(n)]
+        started.extend(procs)
+        return procs
+
+    yield start
+    for p in started:
+        p.stop()

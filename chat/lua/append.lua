@@ -1,5 +1,8 @@
 -- append.lua: store one chat message and wake its readers, in one atomic step.
 -- KEYS[1] meta hash  KEYS[2] log stream  KEYS[3] client-id hash   (all of one {c:ID} slot)
+-- KEYS[4] (optional, single node only) the screening stream: a new message from a participant is
+--         queued there in the same step ({c: <id>, s: <seq>}), so no stored message escapes screening.
+--         On a cluster it lives in another slot and the caller queues it right after this script.
 -- ARGV[1] conversation id  ARGV[2] sender id  ARGV[3] sender display name
 -- ARGV[4] role (patient|survivor|moderator)  ARGV[5] client id  ARGV[6] text (original)
 -- ARGV[7] shown text ("" or equal to ARGV[6]: not masked)  ARGV[8] flags (comma separated, may be "")
@@ -42,6 +45,9 @@ else
              'shown', shown, 'cid', client, 'ts', ts_s, 'flags', flags)
 end
 redis.call('HSET', KEYS[3], field, string.format('%d:%d', seq, ts))
+if KEYS[4] and role ~= 'moderator' then
+  redis.call('XADD', KEYS[4], '*', 'c', cid, 's', seq)
+end
 local live = cmsgpack.pack({'m', cid, seq, epoch, ts, name, role, shown, client, sender})
 local watch = cmsgpack.pack({'m', cid, seq, epoch, ts, name, role, text, client, sender, flags})
 if ARGV[11] and ARGV[11] ~= '' then

@@ -1,19 +1,21 @@
+--! keys
 -- flag_create.lua: record the flags raised on one message (or one report), rank them, announce them.
 -- KEYS[1] open-flags zset (flag id -> rank score)  KEYS[2] the conversation's flag hash (flag id -> status)
--- ARGV[1] control-plane key stem: flag hashes are <stem>flag:<id> (same {ctl} slot as KEYS)
+-- ARGV[1] control-plane key stem: flag hashes are KEY.flag(id) (same {ctl} slot as KEYS)
 -- ARGV[2] flag pub/sub channel  ARGV[3] conversation id  ARGV[4] seq the flags point to
 -- ARGV[5] excerpt  ARGV[6] categories that put a conversation under priority review (comma separated)
 -- ARGV[7] author of the flagged message ("" for reports; erasure blanks the excerpts of an author)
 -- ARGV[8] reporting user id ("" for automatic flags)  ARGV[9] report reason ("" for automatic flags)
--- ARGV[10..] triples: flag id, category, severity (low|medium|high)
+-- ARGV[10] source: rules | model | report
+-- ARGV[11..] quadruples: flag id, category, severity (low|medium|high), score ("" unless the model's, 0..1)
 -- A flag id that exists already is skipped, so a retried message raises its flags once.
 -- Rank score: band * 1e13 + created ms, ascending = first to review.  band = 0..2 for a conversation
 -- under priority review (it has an unresolved flag of a priority category), 3..5 otherwise; within
 -- each, high < medium < low.  When a conversation becomes priority, its unresolved flags move up.
 -- Returns the JSON list of the created flags' frames, as published on ARGV[2].
 local zset, conv = KEYS[1], KEYS[2]
-local stem, channel, cid, seq, excerpt = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local author, reporter, reason = ARGV[7], ARGV[8], ARGV[9]
+local channel, cid, seq, excerpt = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local author, reporter, reason, source = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local RANK = {high = 0, medium = 1, low = 2}
@@ -32,15 +34,15 @@ local flat = redis.call('HGETALL', conv)
 for i = 1, #flat, 2 do
   if flat[i + 1] ~= 'resolved' then
     unresolved[#unresolved + 1] = flat[i]
-    if redis.call('HGET', stem .. 'flag:' .. flat[i], 'priority') == '1' then priority = true end
+    if redis.call('HGET', KEY.flag(flat[i]), 'priority') == '1' then priority = true end
   end
 end
 
 local new = {}
-for i = 10, #ARGV, 3 do
-  local fid, category, severity = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('EXISTS', stem .. 'flag:' .. fid) == 0 then
-    new[#new + 1] = {fid, category, severity}
+for i = 11, #ARGV, 4 do
+  local fid, category, severity, fscore = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('EXISTS', KEY.flag(fid)) == 0 then
+    new[#new + 1] = {fid, category, severity, fscore}
   end
 end
 if #new == 0 then return '[]' end
@@ -51,7 +53,7 @@ if not priority then
   end
   if priority then     -- the conversation just became priority: move its open flags up
     for _, fid in ipairs(unresolved) do
-      local key = stem .. 'flag:' .. fid
+      local key = KEY.flag(fid)
       local h = redis.call('HMGET', key, 'severity', 'created')
       redis.call('HSET', key, 'priority', '1')
       redis.call('ZADD', zset, score(true, h[1], tonumber(h[2])), fid)
@@ -61,16 +63,18 @@ end
 
 local out = {}
 for _, f in ipairs(new) do
-  local fid, category, severity = f[1], f[2], f[3]
-  redis.call('HSET', stem .. 'flag:' .. fid, 'flag_id', fid, 'conversation_id', cid, 'seq', ARGV[4],
+  local fid, category, severity, fscore = f[1], f[2], f[3], f[4]
+  redis.call('HSET', KEY.flag(fid), 'flag_id', fid, 'conversation_id', cid, 'seq', ARGV[4],
              'category', category, 'severity', severity, 'status', 'open', 'excerpt', excerpt,
              'created', string.format('%d', now_ms), 'resolved_by', '', 'resolution', '',
-             'priority', priority and '1' or '0', 'author', author, 'reported_by', reporter, 'reason', reason)
+             'priority', priority and '1' or '0', 'author', author, 'reported_by', reporter, 'reason', reason,
+             'source', source, 'score', fscore)
   redis.call('HSET', conv, fid, 'open')
   redis.call('ZADD', zset, score(priority, severity, now_ms), fid)
   local frame = {type = 'flag', flag_id = fid, conversation_id = cid, category = category,
                  severity = severity, seq = seq, excerpt = excerpt, ts = now_ms, status = 'open',
-                 priority = priority}
+                 priority = priority, source = source}
+  if fscore ~= '' then frame.score = tonumber(fscore) end
   if reporter ~= '' then
     frame.reported_by = reporter
     frame.reason = reason

@@ -40,10 +40,12 @@ class GatewayProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def start(self, wait: bool = True) -> "GatewayProcess":
+    def start(self, wait: bool = True) -> GatewayProcess:
         env = {**os.environ, "AFTERTALK_SECRET": SECRET, "AFTERTALK_KEY_PREFIX": self.prefix,
-               "AFTERTALK_LOG_LEVEL": "warning", **self.env}
-        self._log = open(self.log_path, "ab")
+               "AFTERTALK_LOG_LEVEL": "warning",
+               # the model's workers are started by the screening tests themselves (test_screening_live)
+               "AFTERTALK_SCREENING_WORKERS": "0", **self.env}
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (the child writes it until stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--redis-url", self.redis_url],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -102,7 +104,7 @@ class Client:
         self.welcome: dict[str, Any] | None = None
 
     @classmethod
-    async def connect(cls, ws_url: str, tok: str, *, resume: dict | None = None, **kw: Any) -> "Client":
+    async def connect(cls, ws_url: str, tok: str, *, resume: dict | None = None, **kw: Any) -> Client:
         ws = await websockets.connect(ws_url, max_size=2**20, **kw)
         client = cls(ws)
         hello: dict[str, Any] = {"type": "hello", "token": tok}
@@ -138,7 +140,7 @@ class Client:
             self._new.clear()
             try:
                 await asyncio.wait_for(self._new.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def of_type(self, ftype: str) -> list[dict[str, Any]]:
@@ -171,3 +173,45 @@ class GatewayLauncher:
     def stop_all(self) -> None:
         for p in self.started:
             p.stop()
+
+
+class ModerateProcess:
+    """``aftertalk moderate``: one screening worker process against a given Redis."""
+
+    def __init__(self, redis_url: str, prefix: str, *, log_dir: str | None = None, **env: Any) -> None:
+        self.redis_url, self.prefix = redis_url, prefix
+        self.env = {k.upper(): str(v) for k, v in env.items()}
+        self.log_path = Path(log_dir or "/tmp") / f"moderate-{prefix}-{uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 120.0) -> ModerateProcess:
+        env = {**os.environ, "AFTERTALK_KEY_PREFIX": self.prefix, "AFTERTALK_LOG_LEVEL": "warning", **self.env}
+        self._log = open(self.log_path, "a")  # noqa: SIM115 (the child writes it until stop())
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "moderate", "--redis-url", self.redis_url],
+                                     env=env, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        for line in self.proc.stdout:             # the worker says "ready" once its model is loaded
+            if "ready" in line:
+                break
+            if time.monotonic() > deadline:
+                break
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"moderate exited: {self.log_path.read_text()[-2000:]}")
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
