@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: run test unit bench-match bench-relay bench-soak clean
+.PHONY: run lint test unit bench-match bench-relay bench-soak clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/aftertalk serve --demo $(ARGS)
 
-test: $(STAMP)
+# ruff on everything; mypy as configured in pyproject.toml ([tool.mypy]: strict on the pure modules)
+LINT_PATHS := core matcher chat gateway tests bench
+
+lint: $(STAMP)
+	@status=0; \
+	echo "ruff check $(LINT_PATHS)"; $(BIN)/ruff check --output-format concise $(LINT_PATHS) || status=1; \
+	echo "mypy (see [tool.mypy] in pyproject.toml)"; $(BIN)/mypy || status=1; \
+	exit $$status
+
+test: $(STAMP) lint
 	bash .ci/system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -9,7 +9,8 @@ opens ``--conns`` connections from this process, each sending one hello text fra
 reading one answer (our ``welcome``; the bare endpoint answers a fixed frame), holds them
 ``--hold`` seconds (answering the servers' pings), and reads the server's RSS before and
 after from /proc.  RSS per connection = (RSS with the connections - RSS before) / conns.
-The client is the lean protocol of load_test.py (it answers pings).  The server is warmed up with a few hundred connections first so that one-time costs
+The client is the lean protocol of load_test.py (it answers pings).  The server is warmed up with a few
+hundred connections first so that one-time costs
 (imports, code paths, allocator arenas) are in the baseline, not spread over the connections.
 """
 from __future__ import annotations
@@ -30,8 +31,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import ROOT, RedisServer, free_port, machine, stamp  # noqa: E402
-
 from load_test import LeanWebSocket  # noqa: E402
+
 from support.gateway import GatewayProcess, token  # noqa: E402
 
 TARGET_KIB = 26
@@ -40,7 +41,7 @@ WARMUP = 300
 
 def raise_fd_limit() -> int:
     """Children inherit it: the servers need one descriptor per connection too."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
 
@@ -89,16 +90,16 @@ class BareProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def start(self) -> "BareProcess":
+    def start(self) -> BareProcess:
         self.proc = subprocess.Popen([sys.executable, __file__, "--bare-server", str(self.port), *self.args],
                                      cwd=ROOT)
         import urllib.request
 
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1):
-                    return self
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz",
+                                                                      timeout=1):
+                return self
             time.sleep(0.1)
         raise RuntimeError("bare server did not start")
 

@@ -32,8 +32,9 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import orjson
 
@@ -68,14 +69,14 @@ class LeanWebSocket(asyncio.Protocol):
         self.close_code: int | None = None
 
     @classmethod
-    async def connect(cls, host: str, port: int, on_text: Callable[[bytes], None]) -> "LeanWebSocket":
+    async def connect(cls, host: str, port: int, on_text: Callable[[bytes], None]) -> LeanWebSocket:
         loop = asyncio.get_running_loop()
         _, proto = await loop.create_connection(lambda: cls(host, port, on_text), host, port)
         await asyncio.wait_for(asyncio.shield(proto.upgraded), 30)
         return proto
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)      # a TCP connection: always a full Transport
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
@@ -187,7 +188,7 @@ class Person:
 
     role = "patient"
 
-    def __init__(self, run: "LoadRun", n: int, gw: Any, profile: dict[str, list[str]]) -> None:
+    def __init__(self, run: LoadRun, n: int, gw: Any, profile: dict[str, list[str]]) -> None:
         self.run, self.stats, self.rng = run, run.stats, random.Random(n)
         self.sub = f"{self.role}-{n}"
         self.gw = gw
@@ -299,7 +300,7 @@ class Patient(Person):
             self.ws.send({"type": "talk_now", "profile": self.profile})
             try:
                 await asyncio.wait_for(asyncio.shield(self.matched), self.run.match_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.ws.send({"type": "cancel"})
                 self.stats.unmatched += 1
                 await asyncio.sleep(self.rng.uniform(5, 15))
@@ -311,13 +312,13 @@ class Patient(Person):
             length = self.rng.uniform(0.5, 1.5) * self.run.chat_s
             try:
                 await asyncio.wait_for(self.chat_done.wait(), length)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if cid and self.cid == cid:
                     self.ws.send({"type": "end", "conversation_id": cid})
                     with_timeout = asyncio.wait_for(self.chat_done.wait(), 30)
                     try:
                         await with_timeout
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
             await asyncio.sleep(self.rng.uniform(2, 10))           # a breath before the next chat
 
@@ -444,7 +445,8 @@ class LoadRun:
         return {
             "connections": len(live), "connect_failures": st.connect_failures, "ramp_s": round(ramp_s, 1),
             "open_at_end": open_end, "duration_s": round(wall),
-            "rss_mib_before": round(sum(rss_before) / 1024, 1), "rss_mib_connected": round(sum(rss_connected) / 1024, 1),
+            "rss_mib_before": round(sum(rss_before) / 1024, 1),
+            "rss_mib_connected": round(sum(rss_connected) / 1024, 1),
             "rss_mib_end": round(sum(rss_end) / 1024, 1), "kib_per_connection": round(per_conn, 1),
             "kib_per_connection_end": round((sum(rss_end) - sum(rss_before)) / max(1, len(live)), 1),
             "cpu_pct": {k: round(100 * (cpu1[k] - cpu0[k]) / wall, 1) for k in cpu0},
@@ -457,7 +459,8 @@ class LoadRun:
             "match_s": {"p50": round(percentile(match, 50), 2), "p99": round(percentile(match, 99), 2),
                         "count": len(match)},
             f"deliver_ms_p99_by_{a.window:g}s": windows(st.timeline, started, a.window),
-            "ping_rtt_ms": {name: {"p50": round(percentile(sorted(v), 50), 1), "p99": round(percentile(sorted(v), 99), 1),
+            "ping_rtt_ms": {name: {"p50": round(percentile(sorted(v), 50), 1),
+                                   "p99": round(percentile(sorted(v), 99), 1),
                                    "max": round(max(v), 1) if v else None} for name, v in st.ping_rtt.items()},
             "client_loop_lag_ms": {"p99": round(percentile(sorted(st.client_lag_ms), 99), 1),
                                    "max": round(max(st.client_lag_ms), 1) if st.client_lag_ms else None},
@@ -479,7 +482,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=30, help="report delivery p99 per this many seconds")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))       # the gateways inherit it
     if hard < args.conns + 2000:
         sys.exit(f"ulimit -n is {hard}: too low for {args.conns} connections")

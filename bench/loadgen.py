@@ -22,14 +22,14 @@ import asyncio
 import random
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import orjson
+from common import percentile
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-
-from common import percentile
 
 SENTENCES = [
     "How did your scan go yesterday? I kept thinking about you all afternoon.",
@@ -88,8 +88,20 @@ class StepStats:
 
 
 class Client:
-    __slots__ = ("idx", "peer", "ws", "target", "sent", "last_seen", "closed", "reader", "conversation",
-                 "acks", "seen", "phase")
+    __slots__ = (
+        "acks",
+        "closed",
+        "conversation",
+        "idx",
+        "last_seen",
+        "peer",
+        "phase",
+        "reader",
+        "seen",
+        "sent",
+        "target",
+        "ws",
+    )
 
     def __init__(self, idx: int, peer: int, target: Any) -> None:
         self.idx = idx
@@ -117,7 +129,7 @@ class Protocol:
     def frame(self, client: Client, text: str, client_id: str) -> str:
         raise NotImplementedError
 
-    def text_of(self, raw: str | bytes, client: Client, gen: "LoadGen") -> str | None:
+    def text_of(self, raw: str | bytes, client: Client, gen: LoadGen) -> str | None:
         """The chat text of a relayed message (None for anything else, after accounting for it)."""
         raise NotImplementedError
 
@@ -139,7 +151,7 @@ class AftertalkProtocol(Protocol):
         return orjson.dumps({"type": "send", "conversation_id": client.conversation, "client_id": client_id,
                              "text": text}).decode()
 
-    def text_of(self, raw: str | bytes, client: Client, gen: "LoadGen") -> str | None:
+    def text_of(self, raw: str | bytes, client: Client, gen: LoadGen) -> str | None:
         f = orjson.loads(raw)
         kind = f.get("type")
         if kind == "message":
@@ -167,7 +179,7 @@ class ChannelsProtocol(Protocol):
     def frame(self, client: Client, text: str, client_id: str) -> str:
         return orjson.dumps({"message": text}).decode()
 
-    def text_of(self, raw: str | bytes, client: Client, gen: "LoadGen") -> str | None:
+    def text_of(self, raw: str | bytes, client: Client, gen: LoadGen) -> str | None:
         return orjson.loads(raw).get("message")
 
 

@@ -29,15 +29,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ProfileMix, RedisServer, machine, percentile, prioritize, stamp  # noqa: E402
+import redis.asyncio as aioredis
+from common import ProfileMix, RedisServer, machine, percentile, prioritize, stamp
 
-import redis.asyncio as aioredis  # noqa: E402
-
-from core.keys import Keys  # noqa: E402
-from matcher.store import MatchStore, MatcherConfig  # noqa: E402
+from core.keys import Keys
+from matcher.store import MatcherConfig, MatchStore
 
 FILL_CONCURRENCY = 200
 
@@ -95,7 +95,7 @@ async def throughput(store: MatchStore, redis: aioredis.Redis, keys: Keys, mix: 
         made: list[tuple[str, str]] = []
         counter = iter(range(n))
 
-        async def worker() -> None:
+        async def worker(counter: Iterator[int], made: list[tuple[str, str]]) -> None:
             for _ in counter:
                 pid = "p" + uuid.uuid4().hex[:12]
                 state, _ = await store.talk_now(pid, "Patient", mix.profile())
@@ -104,11 +104,11 @@ async def throughput(store: MatchStore, redis: aioredis.Redis, keys: Keys, mix: 
                     continue
                 oid = await redis.hget(keys.request(pid), "offer")
                 sid = await redis.hget(keys.offer(oid), "survivor")
-                out, created = await store.respond(sid, oid, True)
+                out, _created = await store.respond(sid, oid, True)
                 made.append((out["conversation_id"], pid))
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        await asyncio.gather(*(worker(counter, made) for _ in range(workers)))
         total_s += time.perf_counter() - t0
         done += len(made)
         for cid, pid in made:              # untimed: give the survivors back

@@ -113,7 +113,7 @@ def main() -> None:
     timings: dict[str, list[float]] = {"clean": [], "flagged": []}
     for i, us in enumerate(best):
         timings["flagged" if flagged[i] else "clean"].append(us)
-    mismatched = [text for (text, expect), got in zip(messages, flagged) if expect != got]
+    mismatched = [text for (text, expect), got in zip(messages, flagged, strict=True) if expect != got]
 
     lengths = [len(t) for t, _ in messages]
     print(f"Moderator build: {build_ms:.1f} ms; {len(messages)} messages, "

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RedisServer, machine, prioritize, stamp  # noqa: E402
-from loadgen import LoadGen  # noqa: E402
-from systems import Aftertalk, ChannelsRelay, System, proc_cpu_seconds  # noqa: E402
+from common import RedisServer, machine, prioritize, stamp
+from loadgen import LoadGen
+from systems import Aftertalk, ChannelsRelay, System, proc_cpu_seconds
 
 DEFAULT_LADDER = [250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 10000]
 P99_LIMIT_MS = 100.0
@@ -97,7 +97,7 @@ async def bench_system(system: System, redis: RedisServer, args: argparse.Namesp
     finally:
         if gen_cpus:
             os.sched_setaffinity(0, gen_cpus)
-    meter = Meter(system.pids() + [redis.proc.pid])
+    meter = Meter([*system.pids(), redis.proc.pid])
     result: dict[str, Any] = {"system": system.name, "fixed": None, "ladder": [], "saturation": None}
     try:
         protocol, clients = await system.make_clients(args.pairs)

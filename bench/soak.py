@@ -24,11 +24,11 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RedisServer, machine, prioritize, stamp  # noqa: E402
-from loadgen import LoadGen  # noqa: E402
-from systems import Aftertalk  # noqa: E402
+from common import RedisServer, machine, prioritize, stamp
+from loadgen import LoadGen
+from systems import Aftertalk
 
-from support.checker import check  # noqa: E402
+from support.checker import check
 
 
 async def main(args: argparse.Namespace) -> int:

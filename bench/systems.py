@@ -91,7 +91,7 @@ class Aftertalk(System):
         from chat.store import ChatStore
         from core.keys import Keys
         from matcher.profile import Profile
-        from matcher.store import MatchStore, MatcherConfig
+        from matcher.store import MatcherConfig, MatchStore
 
         redis = aioredis.Redis.from_url(self.redis_url, decode_responses=True)
         keys = Keys(self.prefix)
@@ -149,7 +149,7 @@ class ChannelsRelay(System):
                "DJANGO_SETTINGS_MODULE": "channels_relay.settings", "PYTHONPATH": str(PEERS)}
         for _ in range(2):
             port = free_port()
-            log = open(Path(self.log_dir) / f"channels-{self.layer}-{port}.log", "ab")
+            log = open(Path(self.log_dir) / f"channels-{self.layer}-{port}.log", "ab")  # noqa: SIM115 (the child's)
             # the same server stack as ours: uvicorn, uvloop, httptools, websockets-sansio, no deflate
             self.procs.append(subprocess.Popen(
                 [str(PEERS_PYTHON), "-m", "uvicorn", "channels_relay.asgi:application", "--port", str(port),
@@ -158,7 +158,7 @@ class ChannelsRelay(System):
                  "--lifespan", "off"],
                 cwd=PEERS, env=env, stdout=log, stderr=subprocess.STDOUT))
             self.ports.append(port)
-        for port, proc in zip(self.ports, self.procs):
+        for port, proc in zip(self.ports, self.procs, strict=True):
             self._wait(port, proc)
 
     @staticmethod

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from redis.exceptions import ResponseError
 
 from chat.flags import forget_author
 from chat.store import DELETED_NAME, ChatStore
 from core.keys import Keys
+from core.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
 
-async def erase_user(redis: Any, keys: Keys, store: ChatStore, uid: str, *,
+async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str, *,
                      compact_aof: bool = True, aof_wait_s: float = 60.0) -> int:
     """Erase ``uid``'s messages from every conversation they were in; return how many were erased."""
     await redis.sadd(keys.erased, uid)
@@ -42,15 +42,15 @@ async def erase_user(redis: Any, keys: Keys, store: ChatStore, uid: str, *,
     return erased
 
 
-async def forget_name(redis: Any, keys: Keys, cid: str, uid: str) -> None:
+async def forget_name(redis: RedisClient, keys: Keys, cid: str, uid: str) -> None:
     """Rename ``uid`` to "Deleted user" in the matcher's record of a conversation (kept until retention)."""
     who = await redis.hmget(keys.conversation(cid), "patient", "survivor")
-    for role, raw in zip(("patient", "survivor"), who):
+    for role, raw in zip(("patient", "survivor"), who, strict=True):
         if (raw.decode() if isinstance(raw, bytes) else raw) == uid:
             await redis.hset(keys.conversation(cid), f"{role}_name", DELETED_NAME)
 
 
-async def rewrite_aof(redis: Any, *, wait_s: float = 60.0) -> bool:
+async def rewrite_aof(redis: RedisClient, *, wait_s: float = 60.0) -> bool:
     """Best effort: start an AOF rewrite that begins *after* now (so it cannot contain erased data).
 
     If a rewrite is already running (its fork may predate the erasure) wait for it, then start ours.

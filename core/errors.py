@@ -51,7 +51,10 @@ class ServiceError(Exception):
         self.data = data
 
 
-def unavailable(message: str = "The service store is unreachable; this was not confirmed. Send it again.") -> ServiceError:
+UNAVAILABLE_MESSAGE = "The service store is unreachable; this was not confirmed. Send it again."
+
+
+def unavailable(message: str = UNAVAILABLE_MESSAGE) -> ServiceError:
     """The refusal for any call that could not reach Redis: the client retries with the same client id."""
     return ServiceError(ErrorCode.UNAVAILABLE, message)
 

@@ -44,8 +44,9 @@ import asyncio
 import contextlib
 import contextvars
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, TypeAlias
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
@@ -143,7 +144,7 @@ class ClusterClient(RedisCluster):
         if self._in_flight.locked():
             try:
                 await asyncio.wait_for(self._in_flight.acquire(), self._wait_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise RedisConnectionError(f"no free Redis connection within {self._wait_s:g}s") from None
         else:
             await self._in_flight.acquire()
@@ -161,7 +162,9 @@ class ClusterClient(RedisCluster):
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         if shard_hint:
             return super().pipeline(transaction, shard_hint)      # raises, as the library does
-        return WaitingPipeline(self, transaction)
+        # redis-py declares CommandsProtocol._event_dispatcher, which ClusterPipeline never assigns (it is
+        # unused there), so mypy takes every ClusterPipeline subclass for abstract.
+        return WaitingPipeline(self, transaction)  # type: ignore[abstract]
 
     def pubsub_candidates(self) -> list[tuple[str, int]]:
         """Every node we know of (topology cache first, then the URL's nodes), in a stable order."""
@@ -183,6 +186,7 @@ class ClusterClient(RedisCluster):
         own copy of the data set and its own AOF (erasure compacts them all, see chat/erasure.py)."""
         return [self.node_client(n.host, int(n.port)) for n in sorted(self.get_nodes(), key=lambda n: n.name)]
 
+    # Not RedisCluster.pubsub's signature, on purpose: a plain PubSub of one node, not a ClusterPubSub.
     def pubsub(self, **kwargs: Any) -> PubSub:  # type: ignore[override]
         """A plain pub/sub connection to the next node in turn: a cluster forwards every PUBLISH to
         every node, so any live node will do, and a reconnect after a node died tries another one.
@@ -238,7 +242,13 @@ class WaitingPipeline(ClusterPipeline):
             return await super().execute(raise_on_error, allow_redirections)
 
 
-def make_redis(url: str, *, decode: bool) -> aioredis.Redis | ClusterClient:
+RedisClient: TypeAlias = aioredis.Redis | ClusterClient
+"""What :func:`make_redis` returns; stores and scripts take this rather than ``Any``.
+
+redis-py (5+) ships its own type information (no ``types-redis``, which describes redis-py 4)."""
+
+
+def make_redis(url: str, *, decode: bool) -> RedisClient:
     """The service's Redis client for ``url`` (single node or cluster, see the module docstring)."""
     if is_cluster_url(url):
         return make_cluster(parse_cluster_url(url), decode=decode)

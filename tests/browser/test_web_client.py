@@ -13,8 +13,19 @@ import pytest
 from playwright.async_api import expect
 
 from support.gateway import Client, token
-from support.webpage import (DESK, become_available, fits_the_screen, matched_pair, open_profile, screenshot,
-                             send, seqs, sign_in, talk_now, texts)
+from support.webpage import (
+    DESK,
+    become_available,
+    fits_the_screen,
+    matched_pair,
+    open_profile,
+    screenshot,
+    send,
+    seqs,
+    sign_in,
+    talk_now,
+    texts,
+)
 
 pytestmark = pytest.mark.browser
 PROFILE = {"diagnoses": ["breast"], "side_effects": [], "languages": ["en"]}

@@ -234,7 +234,7 @@ async def test_every_frame_type_against_every_role(gateways, redis, prefix):
 
     results: dict[tuple[str, str], str] = {}
     for ftype, row in MATRIX.items():
-        for role, expected in zip(ROLES, row):
+        for role, expected in zip(ROLES, row, strict=True):
             if role == "anonymous":
                 results[(ftype, role)] = await first_frame_outcome(g1.ws_url, world.frame(ftype, "patient"))
             elif role == "suspended":
@@ -270,7 +270,7 @@ async def test_every_http_endpoint_against_every_role(gateways, redis, prefix):
     wrong = {}
     async with httpx.AsyncClient(base_url=gw.url, timeout=5) as http:
         for (method, path), row in HTTP_MATRIX.items():
-            for role, expected in zip(ROLES, row):
+            for role, expected in zip(ROLES, row, strict=True):
                 headers = {"Authorization": f"Bearer {tokens[role]}"} if tokens[role] else {}
                 body = orjson.dumps({"role": "patient", "name": "Pat"}) if method == "POST" else None
                 status = (await http.request(method, path, headers=headers, content=body)).status_code

@@ -34,7 +34,7 @@ FAST = {"AFTERTALK_SEND_RATE_PER_S": "1000", "AFTERTALK_SEND_BURST": "1000",
 class DeployedRedis(RedisServer):
     """A redis-server running deploy/redis.conf; only port, address, directory and log file differ."""
 
-    def start(self) -> "DeployedRedis":
+    def start(self) -> DeployedRedis:
         self.proc = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", str(ROOT / "deploy" / "redis.conf"),
              "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
@@ -295,7 +295,7 @@ async def test_a_client_that_stops_reading_is_cut_with_4408_without_slowing_the_
     for i in range(n):
         await pair.patient.send(send_frame(cid, f"f{i}", f"{i} {text}"))
         if i % window == window - 1:
-            await wait_for(lambda: len(pair.patient.of_type("ack")) > i - window, 10, "acks to keep flowing")
+            await wait_for(lambda i=i: len(pair.patient.of_type("ack")) > i - window, 10, "acks to keep flowing")
     await wait_for(lambda: len(outcomes(pair.patient.frames, cid)) == n, 20, "an ack for every send")
     flood_s = time.monotonic() - t0
     sent = outcomes(pair.patient.frames, cid)

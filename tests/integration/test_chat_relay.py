@@ -74,8 +74,8 @@ async def test_too_long_text_is_refused_and_the_connection_stays_usable(gateways
 async def test_frame_over_64_kib_closes_with_1009(gateways):
     g1, = gateways(1)
     pair = await match_pair(g1.ws_url, g1.ws_url)
-    await pair.patient.ws.send('{"type":"send","conversation_id":"%s","client_id":"big","text":"%s"}'
-                               % (pair.cid, "z" * 70_000))
+    big = "z" * 70_000
+    await pair.patient.ws.send(f'{{"type":"send","conversation_id":"{pair.cid}","client_id":"big","text":"{big}"}}')
     code, _ = await pair.patient.closed()
     assert code == 1009
     # the peer's connection is untouched

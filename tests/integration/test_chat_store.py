@@ -3,6 +3,7 @@ retention and erasure."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 import uuid
@@ -14,7 +15,12 @@ import redis.asyncio as aioredis
 from chat.erasure import erase_user
 from chat.retention import purge_expired
 from chat.store import (
-    DELETED_NAME, ChatStore, LiveMessage, StoredMessage, decode_live, message_frame,
+    DELETED_NAME,
+    ChatStore,
+    LiveMessage,
+    StoredMessage,
+    decode_live,
+    message_frame,
 )
 from core.errors import ErrorCode, ServiceError
 from core.keys import Keys
@@ -64,7 +70,7 @@ class Listener:
         self.channels = channels
         self.ps = raw.pubsub()
 
-    async def __aenter__(self) -> "Listener":
+    async def __aenter__(self) -> Listener:
         await self.ps.subscribe(*self.channels)
         confirmed = 0
         deadline = time.monotonic() + 5
@@ -121,7 +127,7 @@ async def _check_gap_free(store, cid, n, results):
     assert not any(r.duplicate for r in results) and {r.epoch for r in results} == {"e1"}
     log = await store.read_after(cid, 0)
     assert [m.seq for m in log] == list(range(1, n + 1))
-    assert all(a.ts <= b.ts for a, b in zip(log, log[1:]))        # server time, taken in seq order
+    assert all(a.ts <= b.ts for a, b in itertools.pairwise(log))        # server time, taken in seq order
     by_client = {m.client_id: m for m in log}
     for i, r in enumerate(results):
         m = by_client[f"k{i}"]
@@ -306,7 +312,8 @@ async def test_retention_purges_only_expired_conversations(store, redis, keys):
         await opened(store, cid)
         await send(store, cid, P, f"hi from {cid}")
         await redis.hset(keys.conversation(cid), mapping={"patient": P, "survivor": S})
-        await redis.hset(keys.conv_flags(cid), "f1", "resolved")   # resolved: purgeable (unresolved ones are kept, see test_retention_flags)
+        # resolved: purgeable (unresolved ones are kept, see test_retention_flags)
+        await redis.hset(keys.conv_flags(cid), "f1", "resolved")
     for cid, age in ages.items():
         await store.end(cid, P)
         await redis.zadd(keys.ended, {cid: now - age})
@@ -396,7 +403,7 @@ async def test_erasure_removes_one_users_words_everywhere_and_keeps_the_peers(
 
         erased = await erase_user(redis, keys, store, P)
         assert erased == 4
-        assert await erase_user(redis, keys, store, P, compact_aof=False) == 0           # idempotent (history set is gone)
+        assert await erase_user(redis, keys, store, P, compact_aof=False) == 0   # idempotent (history set is gone)
 
         log = await store.read_after(a, 0)
         assert [m.seq for m in log] == [1, 2, 3, 4, 5]

@@ -32,3 +32,37 @@ def test_token_prints_a_signed_token_with_the_claims_asked_for():
     assert (user.id, user.role, user.name) == ("u42", "survivor", "Sam")
     assert run("token", "--role", "survivor", "--sub", "u42", "--name", "Sam").returncode == 2
     assert run("token", "--role", "admin", "--sub", "u1", "--name", "X", AFTERTALK_SECRET=SECRET).returncode == 2
+
+
+def test_serve_refuses_a_bad_setting_naming_the_variable_and_what_is_allowed():
+    cases = [
+        ({"AFTERTALK_DEMO": "maybe"}, "AFTERTALK_DEMO='maybe' is not allowed: expected a boolean"),
+        ({"AFTERTALK_HELLO_TIMEOUT_S": "-5"}, "AFTERTALK_HELLO_TIMEOUT_S='-5' is not allowed"),
+        ({"AFTERTALK_PORT": "70000"}, "AFTERTALK_PORT='70000' is not allowed: expected a whole number from 1 to 65535"),
+        ({"AFTERTALK_LOG_LEVEL": "chatty"}, "AFTERTALK_LOG_LEVEL='chatty' is not allowed"),
+        ({"AFTERTALK_JWT_ALGORITHMS": "none"}, "AFTERTALK_JWT_ALGORITHMS='none' is not allowed"),
+    ]
+    for env, message in cases:
+        out = run("serve", "--redis-url", "redis://127.0.0.1:1/0", AFTERTALK_SECRET=SECRET, **env)
+        assert out.returncode == 2, (env, out.stderr)
+        assert message in out.stderr, out.stderr
+        assert "Aftertalk is up" not in out.stdout
+        assert "Traceback" not in out.stderr
+
+
+def test_serve_refuses_a_bad_port_flag_and_never_prints_the_secret():
+    out = run("serve", "--port", "0", "--redis-url", "redis://127.0.0.1:1/0", AFTERTALK_SECRET=SECRET)
+    assert out.returncode == 2 and "--port='0' is not allowed" in out.stderr, out.stderr
+    short = "tiny-secret-value"
+    out = run("serve", "--demo", "--port", "1", AFTERTALK_SECRET=short)
+    assert out.returncode == 2
+    assert f"AFTERTALK_SECRET must be at least 32 bytes; it is {len(short)} bytes" in out.stderr
+    assert short not in out.stderr + out.stdout
+
+
+def test_every_command_refuses_a_bad_setting():
+    out = run("token", "--role", "survivor", "--sub", "u1", "--name", "S", AFTERTALK_SECRET=SECRET,
+              AFTERTALK_MODERATION="sometimes")
+    assert out.returncode == 2 and "AFTERTALK_MODERATION='sometimes' is not allowed" in out.stderr
+    out = run("audit", "--redis-url", "redis://127.0.0.1:1/0", AFTERTALK_KEY_PREFIX="a b")
+    assert out.returncode == 2 and "AFTERTALK_KEY_PREFIX='a b' is not allowed" in out.stderr

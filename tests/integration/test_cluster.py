@@ -25,7 +25,7 @@ from chat.store import ChatStore
 from core.keys import Keys
 from core.redis_client import ClusterClient, make_cluster, make_redis, parse_cluster_url
 from matcher.profile import parse_profile
-from matcher.store import MatchStore, MatcherConfig
+from matcher.store import MatcherConfig, MatchStore
 from matcher.vocabulary import load_vocabulary
 from support.chat_pair import PROFILE, match_pair, messages, outcomes, send_frame, wait_for
 from support.checker import check
@@ -139,11 +139,11 @@ async def test_every_script_and_transaction_keeps_to_one_slot(cluster, prefix):
         assert await chat.meta(cid) is None
 
         # and Redis Cluster does refuse what the layout forbids, so the checks above mean something
-        with pytest.raises(Exception, match="same slot|CROSSSLOT"):
+        with pytest.raises(Exception, match=r"same slot|CROSSSLOT"):
             async with redis.pipeline(transaction=True) as pipe:
                 pipe.delete(keys.stats, keys.conv_meta(cid))
                 await pipe.execute()
-        with pytest.raises(Exception, match="same slot|non local key"):
+        with pytest.raises(Exception, match=r"same slot|non local key"):
             await redis.eval("return redis.call('GET', ARGV[1])", 1, keys.stats, keys.conv_meta(cid))
     finally:
         await redis.aclose()
@@ -321,7 +321,7 @@ async def send_until_acked(client: Client, cid: str, client_id: str, timeout: fl
     while True:
         before = answers()
         await client.send(send_frame(cid, client_id))
-        await wait_for(lambda: answers() > before, 5, f"an answer to {client_id}")
+        await wait_for(lambda before=before: answers() > before, 5, f"an answer to {client_id}")
         if isinstance(outcomes(client.frames, cid).get(client_id), int):
             return
         if asyncio.get_running_loop().time() > deadline:

@@ -347,7 +347,7 @@ async def make_conversations(redis_url: str, prefix: str, pairs: int) -> list[tu
     would, without a client round trip each."""
     from chat.store import ChatStore
     from matcher.profile import parse_profile
-    from matcher.store import MatchStore, MatcherConfig
+    from matcher.store import MatcherConfig, MatchStore
     from matcher.vocabulary import load_vocabulary
 
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
@@ -405,7 +405,7 @@ async def reached(client: Client, cid: str, seq: int, timeout: float) -> None:
         client._new.clear()
         try:
             await asyncio.wait_for(client._new.wait(), deadline - loop.time())
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -446,7 +446,7 @@ async def reconnect_storm(launch, redis_url: str, prefix: str, pairs: int, *, sa
         asyncio.gather(*(side(g_b.ws_url, "survivor", s, c, "s") for _, s, c, _ in convs)))
     rep.connect_s = time.monotonic() - t
     epochs = {c: e for _, _, c, e in convs}
-    pairs_ = list(zip(patients, survivors))
+    pairs_ = list(zip(patients, survivors, strict=True))
     for p in patients:
         assert [c["conversation_id"] for c in p.client.welcome["conversations"]] == [p.cid]
 

@@ -405,7 +405,8 @@ class FuzzSession:
                 try:
                     frame = orjson.loads(ws.recv(timeout=10))
                 except TimeoutError:
-                    raise AssertionError(f"silence after {case.label!r} as {self.role}: {case.payload[:200]!r}")
+                    raise AssertionError(
+                        f"silence after {case.label!r} as {self.role}: {case.payload[:200]!r}") from None
                 except ConnectionClosed as exc:
                     raise AssertionError(f"connection closed ({exc.rcvd}) after {case.label!r} as {self.role}: "
                                          f"{case.payload[:200]!r}") from None
@@ -493,8 +494,9 @@ def test_regressions_found_by_fuzzing(gateways):
     moderator.open()
     # suspend with an `until` past what a date can hold: it suspended, then failed to write the
     # audit entry ("internal", an action off the record); now refused before anything happens
-    cases = [Case(f"suspend until {until}", '{"type":"suspend","user_id":"fuzzed-user","reason":"r","until":%s}'
-                  % until, "bad_frame") for until in ("1e20", "18446744073709551615", "9223372036854775807",
-                                                      "1e308", "1180591620717411303424", "-1", "0.5")]
+    cases = [Case(f"suspend until {until}",
+                  f'{{"type":"suspend","user_id":"fuzzed-user","reason":"r","until":{until}}}', "bad_frame")
+             for until in ("1e20", "18446744073709551615", "9223372036854775807",
+                           "1e308", "1180591620717411303424", "-1", "0.5")]
     moderator.run(cases)
     moderator.close()

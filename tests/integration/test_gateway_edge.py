@@ -156,7 +156,7 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays_usable(gw):
         ('{"type": "talk_now"}', "bad_frame", "talk_now"),
         ('{"type": "talk_now", "profile": []}', "bad_frame", "talk_now"),
         ('{"type": "talk_now", "profile": {}, "prefer_same_diagnosis_s": true}', "bad_frame", "talk_now"),
-        ('{"type": "talk_now", "profile": %s, "prefer_same_diagnosis_s": -1}' % orjson.dumps(PROFILE).decode(),
+        (f'{{"type": "talk_now", "profile": {orjson.dumps(PROFILE).decode()}, "prefer_same_diagnosis_s": -1}}',
          "bad_frame", "talk_now"),
         ('{"type": "send", "conversation_id": 5, "client_id": "a", "text": "x"}', "bad_frame", "send"),
         ('{"type": "history", "conversation_id": "c", "limit": "10"}', "bad_frame", "history"),

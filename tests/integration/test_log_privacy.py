@@ -171,7 +171,7 @@ async def test_no_canary_and_no_token_in_any_log_line(gateways, redis_server, tm
         gw.stop()                  # flush and close the logs
 
     # ---- every log the run wrote -------------------------------------------------------------------
-    logs = sorted(Path(tmp_path).glob("*.log")) + [Path(redis_server.dir) / "redis.log"]
+    logs = [*sorted(Path(tmp_path).glob("*.log")), Path(redis_server.dir) / "redis.log"]
     gateway_logs = [p for p in logs if p.name.startswith("gateway-")]
     assert len(gateway_logs) == 2
     assert all("DEBUG" in p.read_text(errors="replace") for p in gateway_logs), "not logging at debug level"

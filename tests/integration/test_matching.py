@@ -209,7 +209,7 @@ async def test_a_suspended_survivor_cannot_match(world):
     assert (await w.survivor_record("sam"))["idx"] == "0"
     # the suspended survivor cannot come back and be offered anyone
     ws = await websockets.connect(w.gws[0].ws_url)
-    await ws.send('{"type":"hello","token":"%s"}' % token("survivor", sub="sam", name="sam"))
+    await ws.send(f'{{"type":"hello","token":"{token("survivor", sub="sam", name="sam")}"}}')
     with pytest.raises(websockets.ConnectionClosed):
         await asyncio.wait_for(ws.recv(), 5)
     assert ws.close_code == 4403

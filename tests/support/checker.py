@@ -28,8 +28,8 @@ highest it saw) when it is meant to see every message of the conversation.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 Outcome = int | str | None              # acked seq | error code | no answer
 FAULTS = ("lost", "duplicated", "reordered", "wrong_seq", "unexpected")

@@ -56,7 +56,7 @@ class NginxProcess:
     def error_log(self) -> Path:
         return self.dir / "logs" / "aftertalk-error.log"
 
-    def start(self, timeout: float = 10.0) -> "NginxProcess":
+    def start(self, timeout: float = 10.0) -> NginxProcess:
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         conf = self.dir / "nginx.conf"
         conf.write_text(render_conf(DEPLOY_CONF.read_text(), listen_port=self.port,

@@ -48,7 +48,7 @@ class RedisClusterNodes:
              "--logfile", str(node_dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def start(self, timeout: float = 20.0) -> "RedisClusterNodes":
+    def start(self, timeout: float = 20.0) -> RedisClusterNodes:
         for i in range(self.count):
             self._spawn(i)
         for port in self.ports:

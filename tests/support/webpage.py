@@ -3,8 +3,9 @@ Talk now, accept, send.  Everything goes through labels and roles, as a screen r
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from playwright.async_api import expect
 

@@ -8,8 +8,8 @@ import time
 import jwt
 import pytest
 
-from gateway.auth import MAX_NAME, Identity, issue_token, verify_token
 from core.errors import Unauthorized
+from gateway.auth import MAX_NAME, Identity, issue_token, verify_token
 
 SECRET = "s" * 64     # long enough for HS512 without warnings
 OTHER = "o" * 64

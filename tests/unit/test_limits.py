@@ -27,7 +27,7 @@ def test_backoff_defaults_reach_the_cap_and_stay_there():
     assert delays[0] == pytest.approx(0.1)
     assert max(delays) == pytest.approx(5.0)
     assert delays[-10:] == pytest.approx([5.0] * 10)
-    assert all(a <= b for a, b in zip(delays, delays[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(delays))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -37,7 +37,7 @@ def test_backoff_stays_within_jitter_bounds_of_the_capped_schedule(initial, fact
     rng = random.Random(seed)
     base = take(25, backoff(initial, factor, maximum, jitter=0))
     got = take(25, backoff(initial, factor, maximum, jitter=jitter, rng=rng))
-    for nominal, delay in zip(base, got):
+    for nominal, delay in zip(base, got, strict=True):
         assert nominal * (1 - jitter) - 1e-9 <= delay <= nominal * (1 + jitter) + 1e-9
         assert delay > 0
     # after the first step the nominal delay never exceeds the cap

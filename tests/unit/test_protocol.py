@@ -196,7 +196,8 @@ def test_unknown_type(ftype):
                     max_leaves=12),
        st.sampled_from(sorted(FRAMES)))
 def test_parse_frame_only_ever_raises_service_errors(value, ftype):
-    for candidate in (value, {"type": ftype, "x": value}, {**minimal(ftype), **(value if isinstance(value, dict) else {})}):
+    extra = value if isinstance(value, dict) else {}
+    for candidate in (value, {"type": ftype, "x": value}, {**minimal(ftype), **extra}):
         try:
             frame = parse_frame(json.dumps(candidate))      # stdlib: also big ints orjson cannot write
         except ServiceError as exc:

@@ -51,7 +51,7 @@ def test_loader_is_cached_and_immutable():
     assert load_vocabulary() is vocab
     assert isinstance(vocab, Vocabulary)
     try:
-        vocab.diagnoses = {}  # type: ignore[misc]
+        vocab.diagnoses = {}  # type: ignore[misc]  # assigning to a frozen field, on purpose
     except AttributeError:
         pass
     else:  # pragma: no cover
