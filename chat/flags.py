@@ -37,6 +37,8 @@ EXCERPT_CHARS = 200
 MAX_LIST = 500
 PRIORITY_CATEGORIES = ("crisis",)
 SOURCE_RULES, SOURCE_MODEL, SOURCE_REPORT = "rules", "model", "report"
+TRUE_ALARM, FALSE_ALARM = "true_alarm", "false_alarm"
+OUTCOMES = (TRUE_ALARM, FALSE_ALARM)
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
@@ -75,6 +77,8 @@ def flag_frame(h: dict[str, str]) -> dict[str, Any]:
     if h.get("status") == RESOLVED:
         frame["resolved_by"] = h.get("resolved_by", "")
         frame["resolution"] = h.get("resolution", "")
+        if h.get("outcome"):
+            frame["outcome"] = h["outcome"]
     return frame
 
 
@@ -156,9 +160,10 @@ class FlagStore:
         return int(await self.scripts.run("flag_ack", [k.conv_flags(cid)], [k.ctl, k.flag_channel, cid, moderator_id]))
 
     async def resolve(self, flag_id: str, cid: str, moderator_id: str, resolution: str,
-                      audit_fields: dict[str, str]) -> dict[str, Any]:
+                      audit_fields: dict[str, str], *, outcome: str = "") -> dict[str, Any]:
         """Resolve flag ``flag_id`` of conversation ``cid`` and append ``audit_fields`` to the audit
-        log, atomically.
+        log, atomically.  ``outcome`` (:data:`OUTCOMES`, or "" when the moderator did not say) is
+        kept with the flag: reviewed flags are the input of retraining (``aftertalk export-labels``).
 
         Returns ``{resolved, flag_id, conversation_id, resolved_by, resolution, unresolved}``;
         ``resolved`` is False when it had been resolved already (nothing changed, nothing audited).
@@ -167,7 +172,7 @@ class FlagStore:
         audit = [x for pair in audit_fields.items() for x in pair]
         raw = await self.scripts.run(
             "flag_resolve", [k.flags, k.flag(flag_id), k.conv_flags(cid), k.audit],
-            [k.flag_channel, k.watch_channel(cid), flag_id, cid, moderator_id, resolution, *audit])
+            [k.flag_channel, k.watch_channel(cid), flag_id, cid, moderator_id, resolution, outcome, *audit])
         return orjson.loads(raw)
 
 

@@ -109,6 +109,16 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
 
             count = await erase_user(redis, keys, ChatStore(redis, keys), args.user_id)
             print(f"erased user {args.user_id}: {count} messages")
+        elif args.command == "export-labels":
+            from chat.labels import export_labels
+            from chat.store import ChatStore
+
+            try:
+                count = await export_labels(redis, keys, ChatStore(redis, keys), sys.stdout, since=args.since)
+            except ValueError as exc:          # a malformed --since
+                print(f"aftertalk: {exc}", file=sys.stderr)
+                return 2
+            print(f"aftertalk: exported {count} reviewed flags", file=sys.stderr)
         elif args.command == "audit":
             from chat.audit import print_audit
 
@@ -143,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     erase.add_argument("user_id")
     erase.add_argument("--redis-url", default=None)
     erase.set_defaults(func=_store_command)
+    labels = sub.add_parser("export-labels", help="reviewed flags (true/false alarms) as JSONL training rows")
+    labels.add_argument("--since", default="", help="ISO time or epoch seconds (resolutions from then on)")
+    labels.add_argument("--redis-url", default=None)
+    labels.set_defaults(func=_store_command)
     audit = sub.add_parser("audit", help="print the moderation audit log")
     audit.add_argument("--since", default="", help="ISO time or epoch seconds")
     audit.add_argument("--limit", type=int, default=1000)

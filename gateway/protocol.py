@@ -50,7 +50,7 @@ FRAMES: dict[str, Spec] = {
     "notice": Spec(frozenset({MODERATOR}), {"conversation_id": str, "text": str}),
     "moderator_end": Spec(frozenset({MODERATOR}), {"conversation_id": str, "reason": str}),
     "suspend": Spec(frozenset({MODERATOR}), {"user_id": str, "reason": str}, {"until": NUM}),
-    "resolve": Spec(frozenset({MODERATOR}), {"flag_id": str, "resolution": str}),
+    "resolve": Spec(frozenset({MODERATOR}), {"flag_id": str, "resolution": str}, {"outcome": str}),
 }
 ID_FIELDS = ("conversation_id", "client_id", "offer_id", "flag_id", "user_id")
 

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from chat import audit
 from chat.audit import AuditLog
 from chat.crisis import CrisisLine, resources_frame
-from chat.flags import FlagStore
+from chat.flags import OUTCOMES, FlagStore
 from chat.moderation import CRISIS, REPORT_CATEGORY, REPORT_SEVERITY, Verdict
 from chat.screening.queue import Backlog, ScreenQueue
 from chat.store import Appended, ChatStore, ConversationMeta, message_frame
@@ -315,13 +315,18 @@ class Safety:
     async def on_resolve(self, conn: Conn, frame: dict[str, Any]) -> None:
         fid = frame["flag_id"]
         resolution = _bounded(frame, "resolution", MAX_REASON, required=True)
+        outcome = frame.get("outcome") or ""
+        if outcome and outcome not in OUTCOMES:
+            raise ServiceError(ErrorCode.BAD_FRAME, f"'outcome' must be one of {', '.join(OUTCOMES)}.",
+                               field="outcome")
         flag = await self.flags.get(fid)
         if flag is None:
             raise ServiceError(ErrorCode.NOT_FOUND, "There is no such flag.", flag_id=fid)
         cid = flag["conversation_id"]
+        detail = f"[{outcome}] {resolution}" if outcome else resolution
         fields = audit.entry_fields(who=conn.user.id, who_name=conn.user.name, action=audit.RESOLVE,
-                                    conversation_id=cid, flag_id=fid, detail=resolution)
-        out = await self.flags.resolve(fid, cid, conn.user.id, resolution, fields)
+                                    conversation_id=cid, flag_id=fid, detail=detail)
+        out = await self.flags.resolve(fid, cid, conn.user.id, resolution, fields, outcome=outcome)
         conn.push(orjson.dumps({"type": "done", "ref": "resolve", **out}).decode())
 
     # ---- HTTP: the audit log ----------------------------------------------------------
