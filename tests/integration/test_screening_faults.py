@@ -1,0 +1,83 @@
+"""Fault test of the screening workers: ``kill -9`` of a worker in the middle of a batch.
+
+Every message is made to flag (thresholds near zero for these workers), so the expected outcome is
+exact: every queued message gets one crisis flag, announced once, although the batch the dead
+worker held is scored again by the worker that claims it."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import orjson
+import redis.asyncio as aioredis
+
+from chat.screening.queue import GROUP, ScreenQueue
+from chat.store import ChatStore
+from core.keys import Keys
+
+MESSAGES = 160
+EVERYTHING_FLAGS = {"AFTERTALK_SCREEN_CRISIS_THRESHOLD": "0.001", "AFTERTALK_SCREEN_REVIEW_THRESHOLD": "0.001",
+                    "AFTERTALK_SCREEN_ABUSE_THRESHOLD": "1", "AFTERTALK_SCREEN_MEDICAL_THRESHOLD": "1",
+                    "AFTERTALK_SCREENING_BATCH": "32", "AFTERTALK_SCREENING_CLAIM_IDLE_S": "1"}
+
+
+async def test_kill_9_mid_batch_every_message_is_screened_and_flagged_once(redis_server, prefix, moderators):
+    redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    keys = Keys(prefix)
+    chat = ChatStore(redis, keys, screening=True)
+    queue = ScreenQueue(redis, keys)
+    await queue.ensure_group()
+    expected = set()
+    for c in range(4):
+        cid = f"c{c}"
+        await chat.open(cid, epoch="e1", patient=(f"p{c}", "Pat"), survivor=(f"s{c}", "Sam"))
+        for i in range(MESSAGES // 4):
+            sender = f"p{c}" if i % 2 == 0 else f"s{c}"
+            appended = await chat.append(cid, sender_id=sender, name="x", role="patient", client_id=f"m{i}",
+                                         text=f"message {i}: I keep thinking about the pills in the drawer", shown="")
+            expected.add((cid, appended.seq))
+
+    announced: Counter[str] = Counter()
+    flagged: set[tuple[str, int]] = set()
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.flag_channel)
+
+    async def listen() -> None:
+        async for msg in pubsub.listen():
+            if msg["type"] == "message":
+                frame = orjson.loads(msg["data"])
+                if frame.get("type") == "flag":
+                    announced[frame["flag_id"]] += 1
+                    flagged.add((frame["conversation_id"], frame["seq"]))
+
+    listener = asyncio.create_task(listen())
+    try:
+        (first,) = moderators(1, **EVERYTHING_FLAGS)
+        deadline = time.monotonic() + 60
+        while True:      # wait until it holds a batch it has not finished, best while raising its flags
+            pending = await redis.xpending(keys.screen_queue, GROUP)
+            if pending["pending"] > 0 and (len(flagged) % 32 or time.monotonic() > deadline - 50):
+                break
+            assert time.monotonic() < deadline, "the worker never took a batch"
+            await asyncio.sleep(0.001)
+        first.kill()
+        held = (await redis.xpending(keys.screen_queue, GROUP))["pending"]
+        assert held > 0, "the worker was not killed mid-batch"
+        done_before = len(flagged)
+
+        moderators(1, **EVERYTHING_FLAGS)
+        deadline = time.monotonic() + 120
+        while (await queue.backlog()).waiting > 0 or len(flagged) < len(expected):
+            assert time.monotonic() < deadline, f"backlog left: {await queue.backlog()}, flagged {len(flagged)}"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)                  # any duplicate announcement would arrive by now
+    finally:
+        listener.cancel()
+        await pubsub.aclose()
+    assert flagged == expected
+    assert set(announced.values()) == {1}, [f for f, n in announced.items() if n > 1]
+    assert len(announced) == len(expected) == MESSAGES
+    assert await redis.zcard(keys.flags) == MESSAGES
+    print(f"killed with {held} entries held; {done_before} flags raised before the kill")
+    await redis.aclose()
