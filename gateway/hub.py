@@ -3,11 +3,12 @@
 Guarantee: pub/sub is only a wake-up.  Every live message carries its
 ``seq``; a connection writes message ``seq`` only right after ``seq - 1``,
 and any gap (a lost publish, a pub/sub reconnect, a slow catch-up) is filled
-from the conversation log, which is the truth.  The hub owns its reconnect
-loop: a link that stops answering PING within ``ping_timeout_s`` or raises
-is dropped and rebuilt with backoff, every channel is subscribed again, and
-every connection is caught up from the log and re-synced with the control
-plane (missed matches and offers are replayed from state, not from pub/sub).
+from the conversation log, which is the truth.  The pub/sub link is a
+:class:`~gateway.link.Link` (which documents what it promises): a link that
+stops answering PING within ``ping_timeout_s`` or raises is dropped and rebuilt
+with backoff, every channel is subscribed again, and then the hub catches every
+connection up from the log and re-syncs it with the control plane (missed
+matches and offers are replayed from state, not from pub/sub).
 
 On a Redis Cluster, chat messages do not travel on the plain link: the append
 script SPUBLISHes them to the conversation's shard channels (``Keys.conv_live``
@@ -15,26 +16,25 @@ for participants, ``Keys.conv_watch`` for watching moderators), which only the
 node owning the conversation's slot serves.  The hub then follows, for every
 conversation a local connection reads (``conn.delivered``) or a moderator
 watches, that shard channel through :class:`~gateway.sharded_pubsub.ShardedSubscriber`
-(one link per node, each with its own reconnect loop that triggers the same
+(one :class:`~gateway.link.Link` per node, whose reconnects trigger the same
 catch-up from the log); control frames stay on the plain link.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
-from redis.asyncio.cluster import RedisCluster
-
 from chat.store import ChatStore, decode_live, message_frame
-from gateway import metrics
-from gateway.connection import Conn
 from core.errors import CloseCode
 from core.keys import Keys
-from gateway.limits import backoff
+from core.redis_client import ClusterClient
+from gateway import metrics
+from gateway.connection import Conn
+from gateway.link import Link
 from gateway.sharded_pubsub import ShardedSubscriber
 
 log = logging.getLogger("aftertalk.hub")
@@ -51,54 +51,33 @@ class Hub:
         self.watchers: dict[str, set[Conn]] = {}
         self.flag_watchers: set[Conn] = set()
         self.epochs: dict[str, str] = {}
-        self.ping_interval_s = ping_interval_s
-        self.ping_timeout_s = ping_timeout_s
-        self.connected = asyncio.Event()
         self._on_resync: Callable[[str], Awaitable[None]] | None = None   # given to run()
-        self._pubsub: Any = None
-        self._confirm: dict[bytes, asyncio.Future[None]] = {}
         self._user_stem = keys.user_channel("").encode()
         self._watch_stem = keys.watch_channel("").encode()
         self._flag_channel = keys.flag_channel.encode()
-        self._stopping = False
+        # the plain link: control frames, watch and flag channels (and chat messages off a cluster); its
+        # channel set is the flag channel, a user channel per local user and a watch channel per watch
+        self.link = Link(lambda: self.redis.pubsub(), self._dispatch, self._linked, channels=[self._flag_channel],
+                         ping_interval_s=ping_interval_s, ping_timeout_s=ping_timeout_s)
+        self.connected = self.link.connected
         # cluster only: conversation -> local participant connections fed from its shard channel
         self.followers: dict[str, set[Conn]] = {}
         self.shards: ShardedSubscriber | None = None
-        if isinstance(redis_bytes, RedisCluster):
+        if isinstance(redis_bytes, ClusterClient):
             self.shards = ShardedSubscriber(redis_bytes, self._dispatch_shard, self._shards_resubscribed,
                                             ping_interval_s=ping_interval_s, ping_timeout_s=ping_timeout_s)
         self._shard_head = f"{keys.prefix}:{{c:".encode()
 
     # ---- channels ---------------------------------------------------------------
-    def _wanted(self) -> list[bytes]:
-        chans = [self._flag_channel]
-        chans += [self._user_stem + uid.encode() for uid in self.by_user]
-        chans += [self._watch_stem + cid.encode() for cid in self.watchers]
-        return chans
-
     async def _subscribe(self, channel: bytes) -> None:
         """Subscribe and wait for the server's confirmation (so later reads of state cannot miss a publish)."""
-        if not self.connected.is_set() or self._pubsub is None:
-            return                  # the reconnect loop subscribes everything and re-syncs
-        fut = self._confirm.get(channel)
-        if fut is None:
-            fut = self._confirm[channel] = asyncio.get_running_loop().create_future()
-            try:
-                await self._pubsub.subscribe(channel)
-            except Exception:
-                self._confirm.pop(channel, None)
-                return
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), 3.0)
-        except asyncio.TimeoutError:
-            log.warning("subscription not confirmed in time")
+        self.link.add(channel)
+        if self.link.connected.is_set():
+            await self.link.ready(channel)
+        # otherwise the link's next connection subscribes it, and the hub re-syncs everyone then
 
     async def _unsubscribe(self, channel: bytes) -> None:
-        if self.connected.is_set() and self._pubsub is not None:
-            try:
-                await self._pubsub.unsubscribe(channel)
-            except Exception:
-                pass
+        await self.link.remove(channel)
 
     async def add(self, conn: Conn) -> None:
         conns = self.by_user.setdefault(conn.user.id, set())
@@ -252,71 +231,17 @@ class Hub:
             conn.filling.discard(cid)
             conn.seen.pop(cid, None)
 
-    # ---- the pub/sub loop ---------------------------------------------------------
+    # ---- the pub/sub link ---------------------------------------------------------
     async def run(self, on_resync: Callable[[str], Awaitable[None]] | None = None) -> None:
         """Own the pub/sub link until :meth:`stop`.  After every (re)subscription each connection
         is caught up from the log and ``on_resync(uid)`` runs for every user held here, so the
         services can re-send what lives outside the logs (matches, offers, the flag list)."""
         self._on_resync = on_resync
-        delays = backoff()
-        while not self._stopping:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(*self._wanted())
-                self._pubsub = pubsub
-                self.connected.set()
-                delays = backoff()
-                await self._resync_all()
-                await self._listen(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not self._stopping:
-                    log.warning("pub/sub link lost (%s); reconnecting", type(exc).__name__)
-            finally:
-                self.connected.clear()
-                self._pubsub = None
-                for fut in self._confirm.values():
-                    if not fut.done():
-                        fut.set_result(None)
-                self._confirm.clear()
-                try:
-                    await pubsub.aclose()
-                except Exception:
-                    pass
-            if not self._stopping:
-                metrics.PUBSUB_RECONNECTS.inc()
-                await asyncio.sleep(next(delays))
+        await self.link.run()
 
-    async def _listen(self, pubsub: Any) -> None:
-        last_pong = last_turn = time.monotonic()
-        last_ping = 0.0
-        while not self._stopping:
-            now = time.monotonic()
-            if now - last_turn > self.ping_interval_s + 1.0:
-                # this process itself did not run for a while (CPU starvation, a long GC pause): that
-                # silence is ours, not the link's, so the PONG gets a fresh chance before we reconnect
-                # (a needless reconnect re-syncs every connection: a storm on top of the overload)
-                last_pong = now
-            last_turn = now
-            if now - last_ping >= self.ping_interval_s:
-                await pubsub.ping()
-                last_ping = now
-            if now - last_pong > self.ping_timeout_s:
-                raise ConnectionError("pub/sub link silent past the ping timeout")
-            msg = await pubsub.get_message(timeout=self.ping_interval_s)
-            if msg is None:
-                continue
-            # anything read proves the link alive: a burst of subscribe confirmations (thousands of
-            # clients signing in at once) can hold the PONG back past the timeout
-            last_pong = time.monotonic()
-            kind = msg["type"]
-            if kind == "message":
-                self._dispatch(msg["channel"], msg["data"])
-            elif kind == "subscribe":
-                fut = self._confirm.pop(msg["channel"], None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+    async def _linked(self, channels: list[bytes], reconnect: bool) -> None:
+        """Every connection of the plain link, the first included (see :class:`gateway.link.Link`)."""
+        await self._resync_all()
 
     async def _resync_all(self) -> None:
         """After (re)subscribing: catch every connection up from the log and from the control plane."""
@@ -415,6 +340,6 @@ class Hub:
                 conn.close(CloseCode.SUSPENDED, "suspended by a moderator")
 
     def stop(self) -> None:
-        self._stopping = True
+        self.link.stop()
         if self.shards is not None:
             self.shards.stop()

@@ -2,32 +2,27 @@
 
 A shard channel (SPUBLISH) is only delivered by the nodes serving its slot, so
 a subscriber must sit on the node that owns the slot: one pub/sub connection
-per node, opened on demand.  Each link keeps the shard channels routed to it,
-waits for the server's confirmation of every subscription (callers rely on
-it before reading the log, so no publish can fall in between), PINGs to detect
-a silent link, and on any failure reconnects with backoff: it re-routes its
-channels by the current topology (a failover or slot migration moves them to
-another node's link), subscribes them again and reports them to
-``on_resubscribed`` so the hub catches their readers up from the log.
+per node, opened on demand.  Each node's connection is a :class:`gateway.link.Link`
+(see there what it promises: confirmed subscriptions, which callers wait for
+before reading the log so no publish can fall in between; PINGs; reconnects with
+backoff).  What this module adds: before a node's link reconnects, its channels
+are re-routed by the current topology (a failover or slot migration moves them
+to another node's link; a link left with none ends), and after it reconnected,
+the channels it subscribed again are reported to ``on_resubscribed`` so the hub
+catches their readers up from the log.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from typing import Any, Callable
+from collections.abc import Callable
 
-from gateway import metrics
-from gateway.limits import backoff
-
-log = logging.getLogger("aftertalk.hub")
-CONFIRM_WAIT_S = 3.0
+from core.redis_client import ClusterClient
+from gateway.link import Link
 
 
 class ShardedSubscriber:
     """The set of shard channels this process follows, spread over one link per owning node."""
 
-    def __init__(self, cluster: Any, on_message: Callable[[bytes, bytes], None],
+    def __init__(self, cluster: ClusterClient, on_message: Callable[[bytes, bytes], None],
                  on_resubscribed: Callable[[list[bytes]], None], *,
                  ping_interval_s: float = 1.0, ping_timeout_s: float = 3.0) -> None:
         self.cluster = cluster
@@ -35,25 +30,47 @@ class ShardedSubscriber:
         self.on_resubscribed = on_resubscribed
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
-        self.links: dict[str, _NodeLink] = {}      # node name -> its link
-        self.route: dict[bytes, _NodeLink] = {}     # channel -> the link it is subscribed on
+        self.links: dict[str, Link] = {}           # node name "host:port" -> its link
+        self.route: dict[bytes, Link] = {}          # channel -> the link it is subscribed on
         self._stopping = False
 
     def owner(self, channel: bytes) -> tuple[str, int]:
-        node = self.cluster.get_node_from_key(channel)
+        node = self.cluster.get_node_from_key(channel.decode())   # channels are encoded str keys: same slot
+        assert node is not None                                     # only a replica lookup finds none
         return node.host, int(node.port)
 
-    def _link_for(self, channel: bytes) -> "_NodeLink":
+    def _link_for(self, channel: bytes) -> Link:
         host, port = self.owner(channel)
         name = f"{host}:{port}"
         link = self.links.get(name)
         if link is None:
-            link = self.links[name] = _NodeLink(self, host, port)
-            link.start()
+            link = self.links[name] = self._node_link(host, port)
+            if not self._stopping:
+                link.start()
+        return link
+
+    def _node_link(self, host: str, port: int) -> Link:
+        """A link to one node, holding the shard channels whose slots it serves."""
+        name = f"{host}:{port}"
+
+        def before_retry() -> bool:
+            self.reroute(link)
+            if not link.channels and self.links.get(name) is link:
+                del self.links[name]        # e.g. a dead node whose slots moved: let it go
+                return False
+            return True
+
+        async def connected(channels: list[bytes], reconnect: bool) -> None:
+            if reconnect and channels:
+                self.on_resubscribed(channels)     # their readers wait for confirmation, then fill
+
+        link = Link(lambda: self.cluster.node_client(host, port).pubsub(), self.on_message, connected,
+                    sharded=True, ping_interval_s=self.ping_interval_s, ping_timeout_s=self.ping_timeout_s,
+                    on_lost=self.refresh_topology, before_retry=before_retry)
         return link
 
     async def subscribe(self, channel: bytes) -> None:
-        """Follow ``channel``; return once the owning node confirmed it (or after CONFIRM_WAIT_S)."""
+        """Follow ``channel``; return once the owning node confirmed it (or after ``gateway.link.CONFIRM_WAIT_S``)."""
         link = self.route.get(channel)
         if link is None:
             link = self.route[channel] = self._link_for(channel)
@@ -71,7 +88,7 @@ class ShardedSubscriber:
         if link is not None:
             await link.remove(channel)
 
-    def reroute(self, link: "_NodeLink") -> None:
+    def reroute(self, link: Link) -> None:
         """Before a link reconnects: move the channels whose slot another node now owns."""
         for channel in list(link.channels):
             try:
@@ -79,7 +96,7 @@ class ShardedSubscriber:
             except Exception:
                 return                  # topology unknown for now: retry on the same node
             if target is not link:
-                link.channels.discard(channel)
+                link.discard(channel)
                 self.route[channel] = target
                 target.add(channel)
                 self.on_resubscribed([channel])
@@ -94,133 +111,3 @@ class ShardedSubscriber:
         self._stopping = True
         for link in self.links.values():
             link.stop()
-
-
-class _NodeLink:
-    """One pub/sub connection to one node, holding the shard channels whose slots it serves."""
-
-    def __init__(self, owner: ShardedSubscriber, host: str, port: int) -> None:
-        self.owner = owner
-        self.host, self.port = host, port
-        self.name = f"{host}:{port}"
-        self.channels: set[bytes] = set()
-        self.pubsub: Any = None
-        self.connected = asyncio.Event()
-        self._confirm: dict[bytes, asyncio.Future[None]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def add(self, channel: bytes) -> None:
-        self.channels.add(channel)
-        self._confirm.setdefault(channel, asyncio.get_running_loop().create_future())
-        if self.connected.is_set() and self.pubsub is not None:
-            asyncio.get_running_loop().create_task(self._send_subscribe(channel))
-        # otherwise the reconnect loop subscribes every channel of this link
-
-    async def _send_subscribe(self, channel: bytes) -> None:
-        try:
-            await self.pubsub.ssubscribe(channel)
-        except Exception:
-            pass                        # the link is failing: its reconnect loop subscribes again
-
-    async def ready(self, channel: bytes) -> None:
-        fut = self._confirm.get(channel)
-        if fut is None or fut.done():
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), CONFIRM_WAIT_S)
-        except asyncio.TimeoutError:
-            log.warning("shard subscription not confirmed in time")
-
-    async def remove(self, channel: bytes) -> None:
-        self.channels.discard(channel)
-        fut = self._confirm.pop(channel, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-        if self.connected.is_set() and self.pubsub is not None:
-            try:
-                await self.pubsub.sunsubscribe(channel)
-            except Exception:
-                pass
-
-    async def _run(self) -> None:
-        delays = backoff()
-        first = True
-        while not self.owner._stopping:
-            if not first:
-                self.owner.reroute(self)
-                if not self.channels and self.owner.links.get(self.name) is self:
-                    del self.owner.links[self.name]     # e.g. a dead node whose slots moved: let it go
-                    return
-            pubsub = self.owner.cluster.node_client(self.host, self.port).pubsub()
-            try:
-                channels = sorted(self.channels)
-                for channel in channels:
-                    self._confirm.setdefault(channel, asyncio.get_running_loop().create_future())
-                if channels:
-                    await pubsub.ssubscribe(*channels)
-                else:
-                    await pubsub.ping()      # open the connection now, so that failures show here
-                self.pubsub = pubsub
-                self.connected.set()
-                late = sorted(self.channels - set(channels))   # added while the link was being made
-                if late:
-                    await pubsub.ssubscribe(*late)
-                delays = backoff()
-                if not first and channels:
-                    self.owner.on_resubscribed(channels)   # their readers wait for confirmation, then fill
-                first = False
-                await self._listen(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not self.owner._stopping:
-                    log.warning("shard pub/sub link lost (%s); reconnecting", type(exc).__name__)
-                first = False
-            finally:
-                self.connected.clear()
-                self.pubsub = None
-                for channel, fut in list(self._confirm.items()):
-                    if not fut.done():
-                        fut.set_result(None)     # nobody waits in vain; the next round re-confirms
-                self._confirm.clear()
-                try:
-                    await pubsub.aclose()
-                except Exception:
-                    pass
-            if not self.owner._stopping:
-                metrics.PUBSUB_RECONNECTS.inc()
-                self.owner.refresh_topology()
-                await asyncio.sleep(next(delays))
-
-    async def _listen(self, pubsub: Any) -> None:
-        interval, timeout = self.owner.ping_interval_s, self.owner.ping_timeout_s
-        last_pong = last_turn = time.monotonic()
-        last_ping = 0.0
-        while not self.owner._stopping:
-            now = time.monotonic()
-            if now - last_turn > interval + 1.0:
-                last_pong = now         # our own stall (see Hub._listen), not the link's
-            last_turn = now
-            if now - last_ping >= interval:
-                await pubsub.ping()
-                last_ping = now
-            if now - last_pong > timeout:
-                raise ConnectionError("shard pub/sub link silent past the ping timeout")
-            msg = await pubsub.get_message(timeout=interval)
-            if msg is None:
-                continue
-            last_pong = time.monotonic()
-            kind = msg["type"]
-            if kind == "smessage":
-                self.owner.on_message(msg["channel"], msg["data"])
-            elif kind == "ssubscribe":
-                fut = self._confirm.get(msg["channel"])
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
