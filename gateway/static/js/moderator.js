@@ -12,7 +12,18 @@ const CATEGORY = {
   abuse: "Abuse",
   medical_advice: "Medical advice",
   report: "Report",
+  review: "Possible crisis (uncertain)",
 };
+const OUTCOMES = [["", "Alarm was… (optional)"], ["true_alarm", "A true alarm"], ["false_alarm", "A false alarm"]];
+
+function sourceTag(flag) {
+  if (flag.source === "model") {
+    const score = typeof flag.score === "number" ? ` ${Math.round(flag.score * 100)}%` : "";
+    return h("span", { class: "pill source", title: "Raised by the screening model", text: `model${score}` });
+  }
+  if (flag.source === "rules") return h("span", { class: "pill source", title: "Raised by a phrase rule", text: "rule" });
+  return null;
+}
 const SEVERITY_RANK = { high: 0, medium: 1, low: 2 };
 const STATUS = { open: "open", acknowledged: "being reviewed", resolved: "resolved" };
 
@@ -61,20 +72,35 @@ export function moderatorPage(root, conn, { token }) {
   const count = h("span", { class: "count", text: "" });
   const feed = h("ol", { class: "flag-feed", "aria-live": "polite", "aria-label": "Flags needing review" });
   const empty = h("p", { class: "hint", text: "No open flags. Flags appear here the moment a risky message is sent or someone reports a chat." });
+  const behind = h("p", { class: "notice warn screening-behind", role: "status", hidden: true });
   const feedPanel = h("section", { class: "card feed", "aria-labelledby": "feed-title" },
-    h("h2", { id: "feed-title" }, "Flags needing review ", count), empty, feed);
+    h("h2", { id: "feed-title" }, "Flags needing review ", count), behind, empty, feed);
+
+  function screening(frame) {
+    behind.hidden = !frame.behind;
+    if (frame.behind) {
+      behind.textContent = `Screening is behind: ${frame.waiting} message(s) wait for the model, the oldest for `
+        + `${Math.round(frame.oldest_age_s)} s. Model flags may arrive late; the phrase rules still flag at once.`;
+    }
+  }
 
   function flagItem(flag) {
     const resolveText = h("input", { type: "text", maxLength: 1000, placeholder: "How was this resolved?", "aria-label": "Resolution" });
-    const resolveForm = h("form", { class: "inline-form" }, resolveText, h("button", { type: "submit", class: "secondary", text: "Resolve" }));
+    const outcome = h("select", { "aria-label": "Was this a true or a false alarm?", class: "outcome" },
+      OUTCOMES.map(([value, label]) => h("option", { value, text: label })));
+    const resolveForm = h("form", { class: "inline-form" }, resolveText, outcome,
+      h("button", { type: "submit", class: "secondary", text: "Resolve" }));
     resolveForm.addEventListener("submit", (event) => {
       event.preventDefault();
-      conn.send({ type: "resolve", flag_id: flag.flag_id, resolution: resolveText.value.trim() || "reviewed" });
+      const frame = { type: "resolve", flag_id: flag.flag_id, resolution: resolveText.value.trim() || "reviewed" };
+      if (outcome.value) frame.outcome = outcome.value;
+      conn.send(frame);
     });
     return h("li", { class: `flag sev-${flag.severity}`, "data-flag": flag.flag_id, "data-conversation": flag.conversation_id },
       h("p", { class: "flag-head" },
         h("span", { class: `pill sev-${flag.severity}`, text: flag.severity }),
         h("strong", { class: "category", text: CATEGORY[flag.category] || flag.category }),
+        sourceTag(flag),
         flag.priority ? h("span", { class: "pill priority", text: "priority" }) : null,
         h("span", { class: "status-tag", text: STATUS[flag.status] || "open" }),
         h("time", { class: "age", dateTime: new Date(flag.ts).toISOString(), "data-ts": String(flag.ts), text: ago(flag.ts) })),
@@ -232,6 +258,7 @@ export function moderatorPage(root, conn, { token }) {
     if (!known) announce(`New ${f.severity} flag: ${CATEGORY[f.category] || f.category}.`);
     if (!known && watching?.cid === f.conversation_id) watching.flagsBox.append(convFlag(f));
   });
+  conn.on("screening", screening);
   conn.on("flag_acknowledged", (f) => {
     const flag = flags.get(f.flag_id);
     if (flag) { flag.status = "acknowledged"; renderFeed(); }
