@@ -58,5 +58,17 @@ bench-load: $(STAMP)
 bench-idle: $(STAMP)
 	$(BIN)/python bench/idle_conns.py $(ARGS)
 
+# the screening model: held-out quality, thresholds, speed and memory (docs/safety-eval.md)
+.PHONY: eval-safety eval-safety-live train-screening
+eval-safety: $(STAMP)
+	$(BIN)/python bench/eval_safety.py $(ARGS)
+
+eval-safety-live: $(STAMP)
+	bash .ci/system-deps
+	$(BIN)/python bench/safety_live.py $(ARGS)
+
+train-screening: $(STAMP)
+	$(BIN)/python -m chat.screening.train $(ARGS)
+
 clean:
 	rm -rf $(VENV) .aftertalk-data
