@@ -2,11 +2,19 @@
 the gateway's hot path before it is delivered, so all rules are compiled once and a clean message
 costs a few C-level string operations, set look-ups and gated regex scans.
 
+Both kinds of rules below read the message's canonical text, ``chat.textnorm.canonicalize``:
+invisible (format) characters removed, NFKC, and Cyrillic/Greek/... look-alikes of Latin letters
+replaced where the script mix shows spoofing, so ``l\\u200bife``, ``li\\u00adfe`` and
+``\\u0435nd`` (Cyrillic) read as ``life`` and ``end``. A learned screening model must read the
+same text. Masked spans are mapped back to the author's characters (``Canonical.original_span``);
+the rest of the delivered text is exactly what the author wrote. An ASCII message is its own
+canonical text, so the hot path pays one ``str.isascii`` for it (``is_canonical``).
+
 Rules live in ``chat/data/moderation_rules.json`` (its ``_doc`` field is the reference), per
 category, in two kinds:
 
-* **phrases** are matched as whole words on a *canonical* form of the text, which makes them
-  case- and accent-insensitive and robust to light obfuscation: NFKD with combining marks
+* **phrases** are matched as whole words on a *folded* form of the canonical text, which makes
+  them case- and accent-insensitive and robust to light obfuscation: NFKD with combining marks
   stripped (also maps full-width forms), casefold, leetspeak inside words (``k1ll mys3lf``;
   0>o 1>i or l 3>e 4>a 5>s 7>t @>a $>s), apostrophes dropped (``don't`` == ``dont``), any other
   non-letter becomes a word break (``s.u.i.c.i.d.e`` -> ``s u i c i d e``), runs of one-letter
@@ -24,11 +32,11 @@ category, in two kinds:
   ``unless_after`` contexts (same syntax), or with a shared ``negators`` context if the category
   is ``negatable``: "I don't want to die", "don't skip the radiation", "my oncologist said to
   stop the steroids".
-* **patterns** are case-insensitive regexes on the original text, so their spans are exact and
-  a ``"mask": true`` category (contact_info) can be cut out of the delivered text. A pattern may
-  name a Python ``check`` that vets each match (``_CHECKS``) and a ``gate`` (regex on the
-  casefolded text; plain strings use ``in``) and/or ``gate_words``: it only runs when a gate
-  passes. Gates are what keeps the cost of ``re`` scanning off clean messages.
+* **patterns** are case-insensitive regexes on the canonical text (not folded), so their spans
+  map back exactly and a ``"mask": true`` category (contact_info) can be cut out of the delivered
+  text. A pattern may name a Python ``check`` that vets each match (``_CHECKS``) and a ``gate``
+  (regex on the casefolded text; plain strings use ``in``) and/or ``gate_words``: it only runs
+  when a gate passes. Gates are what keeps the cost of ``re`` scanning off clean messages.
 
 Phrases are indexed by their rarest required words (``_score``): a phrase's regex runs only when
 the message has one of those words and a word from each of its other required sets.
@@ -42,10 +50,13 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, cast
+
+from chat.textnorm import canonicalize, is_canonical
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3}
 CRISIS, CONTACT_INFO, ABUSE, MEDICAL_ADVICE = "crisis", "contact_info", "abuse", "medical_advice"
@@ -126,13 +137,14 @@ class RuleSet:
             raise ValueError(f"moderation rules: malformed ({exc!r})") from exc
 
     @classmethod
-    def from_dict(cls, doc: dict) -> RuleSet:
+    def from_dict(cls, doc: dict[str, Any]) -> RuleSet:
         cats: dict[str, Category] = {}
         for name, spec in doc["categories"].items():
             if spec.get("severity") not in SEVERITY_RANK:
                 raise ValueError(f"moderation rules: {name}: bad severity {spec.get('severity')!r}")
             phrases = tuple(PhraseRule(*_phrase_entry(e)) for e in spec.get("phrases", ()))
-            patterns = tuple(PatternRule(p["id"], p["regex"], p.get("check"), p.get("gate"), tuple(p.get("gate_words", ())))
+            patterns = tuple(PatternRule(p["id"], p["regex"], p.get("check"), p.get("gate"),
+                                         tuple(p.get("gate_words", ())))
                              for p in spec.get("patterns", ()))
             ids = [r.id for r in phrases + patterns]
             if len(ids) != len(set(ids)):
@@ -144,14 +156,14 @@ class RuleSet:
         return rules
 
 
-def _phrase_entry(entry: str | dict) -> tuple[str, tuple[str, ...]]:
+def _phrase_entry(entry: str | dict[str, Any]) -> tuple[str, tuple[str, ...]]:
     if isinstance(entry, str):  # a bare phrase: its id is derived from the text
         return re.sub(r"[^a-z0-9]+", "_", _fold(entry)).strip("_") or "phrase", (entry,)
     match = entry["match"]
     return entry["id"], (match,) if isinstance(match, str) else tuple(match)
 
 
-def _merge(base: dict, over: dict) -> dict:
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     cats = {name: dict(spec) for name, spec in base["categories"].items()}
     for name, spec in over.get("categories", {}).items():
         cur = cats.setdefault(name, {})
@@ -221,15 +233,14 @@ def _views(folded: str) -> list[list[str]]:
     """The message as canonical tokens, plus rarely needed variants (leet 1 read as l, spaced-out
     letters glued together)."""
     tokens = _tokenize(folded)
-    canon = list(map(_CACHE.get, tokens))
-    if None in canon:
-        canon = list(map(_canon_token, tokens))
+    cached = list(map(_CACHE.get, tokens))
+    canon = list(map(_canon_token, tokens)) if None in cached else cast("list[str]", cached)
     if "" in canon:
-        tokens = [t for t, c in zip(tokens, canon) if c]
+        tokens = [t for t, c in zip(tokens, canon, strict=True) if c]
         canon = [c for c in canon if c]
     views = [canon]
     if "1" in folded and not _ONE_AS_L.keys().isdisjoint(tokens):
-        views.append([_ONE_AS_L.get(t, c) for t, c in zip(tokens, canon)])
+        views.append([_ONE_AS_L.get(t, c) for t, c in zip(tokens, canon, strict=True)])
     for view in list(views):
         # cheap pre-test: a spelled-out word almost always has 3+ distinct letters
         if len(_SINGLES.intersection(view)) >= 3:
@@ -246,7 +257,7 @@ def _glue_single_letters(words: list[str], keep_edge_words: bool) -> list[str]:
     "s u i c i d e I guess"."""
     out: list[str] = []
     run: list[str] = []
-    for word in words + [""]:
+    for word in [*words, ""]:
         if len(word) == 1:
             run.append(word)
             continue
@@ -270,19 +281,19 @@ def _canon_word(word: str) -> str:
 _TOKEN = re.compile(r"\.\.\.|[()\[\]|!*]|[^\s()\[\]|!*]+")
 # Rough frequencies (collapsed spellings) used to pick the rarest words to index a rule by.
 _FREQUENT = frozenset(
-    "i me my myself you your ur u to the a an of on in at is am are be it and or not no do dont did "
+    "i me my myself you your ur u to the a an of on in at is am are be it and or not no do dont did "  # noqa: SIM905
     "want wana going gona have has had will would can cant so al just with for this that about what "
     "any more like go get got up of out now then still realy much very know think feel good wel way "
     "time day today last ned take make beter doing one some also if but they we he she him her them "
     "here there where when how why who yes ok lol thanks thank love hope back home work help never ever "
     "people everyone someone something give said say tel see let too over after before again".split()
 )
-_DOMAIN_COMMON = frozenset("chemo chemotherapy radiation treatment cancer scan scans life kiling dying die "
+_DOMAIN_COMMON = frozenset("chemo chemotherapy radiation treatment cancer scan scans life kiling dying die "  # noqa: SIM905
                            "dead pain meds pils".split())
 _WORD = r"[^ ]+"
 
 
-def _score(words: frozenset[str]) -> tuple:
+def _score(words: Set[str]) -> tuple[float, int]:
     """Lower is a better index: a lower chance that the message contains one of ``words``."""
     weight = sum(1.0 if w in _FREQUENT else 0.3 if w in _DOMAIN_COMMON else 0.02 for w in words)
     return weight, -min(map(len, words))
@@ -468,9 +479,11 @@ class Moderator:
         self._anchors = frozenset(self._anchor_index)
 
     def check(self, text: str) -> Verdict:
+        canon = None if is_canonical(text) else canonicalize(text)  # e.g. ASCII: the text itself
+        ctext = text if canon is None else canon.text
         found: dict[str, Hit] = {}
         spans: list[tuple[int, int]] = []
-        folded = _fold(text)
+        folded = _fold(ctext)
         views = _views(folded)
         words = views[0]
         for pat in self._patterns:  # the gates, inlined: this loop runs for every pattern of every message
@@ -483,7 +496,7 @@ class Moderator:
                 is_open = not gate_words
             if not (is_open or (gate_words and not gate_words.isdisjoint(words))):
                 continue
-            for m in pat.regex.finditer(text):
+            for m in pat.regex.finditer(ctext):
                 if pat.check is None or pat.check(m.group()):
                     found.setdefault(pat.hit.category, pat.hit)
                     if pat.mask:
@@ -494,7 +507,11 @@ class Moderator:
         if not found:
             return Verdict((), text)
         hits = sorted(found.values(), key=lambda h: (-SEVERITY_RANK[h.severity], self._cat_order[h.category]))
-        return Verdict(tuple(hits), self._mask(text, spans) if spans and self.mask_contact_info else text)
+        if not (spans and self.mask_contact_info):
+            return Verdict(tuple(hits), text)
+        if canon is not None:  # cut out the author's characters that the canonical spans come from
+            spans = [canon.original_span(start, end) for start, end in spans]
+        return Verdict(tuple(hits), self._mask(text, spans))
 
     def _match_phrases(self, view: list[str], found: dict[str, Hit]) -> None:
         words: set[str] | None = None
