@@ -18,7 +18,7 @@ def export(redis_url: str, prefix: str, *args: str) -> subprocess.CompletedProce
                           env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
-async def test_reviewed_flags_are_recorded_and_exported(gateways, redis_server, prefix):
+async def test_reviewed_flags_are_recorded_and_exported(gateways, redis_server, prefix, tmp_path):
     g1, g2 = gateways(2)
     mod, _ = await moderator(g1.ws_url)
     await mod.send({"type": "watch_flags"})
@@ -59,6 +59,12 @@ async def test_reviewed_flags_are_recorded_and_exported(gateways, redis_server, 
     assert rows[abuse["flag_id"]]["outcome"] == "false_alarm" and rows[abuse["flag_id"]]["source"] == "rules"
     assert all(r["split"] in ("train", "dev", "test") for r in rows.values())
     assert "exported 2" in out.stderr
+
+    exported = tmp_path / "reviewed.jsonl"          # what a retraining run reads
+    exported.write_text(out.stdout)
+    from chat.screening.train import read_rows
+    parsed, _ = read_rows([exported])
+    assert {r.id for r in parsed if r.split != "test"} | {r for r in rows if rows[r]["split"] == "test"} == set(rows)
 
     later = export(redis_server.url, prefix, "--since", "2999-01-01")
     assert later.returncode == 0 and later.stdout == ""
