@@ -93,8 +93,8 @@ def print_table(title: str, result: dict) -> None:
         print("|---" * (9 if feed else 7) + "|")
         for lang in sorted(langs, key=lambda k: (k != "all", k)):
             v = langs[lang]
-            line = (f"| {lang} | {v['positives']} | {v['negatives']} | {fmt(v['rules_recall'])} | {fmt(v['rules_fpr'])} "
-                    f"| {fmt(v['model_recall'])} | {fmt(v['model_fpr'])} |")
+            line = (f"| {lang} | {v['positives']} | {v['negatives']} | {fmt(v['rules_recall'])} "
+                    f"| {fmt(v['rules_fpr'])} | {fmt(v['model_recall'])} | {fmt(v['model_fpr'])} |")
             print(line + (f" {fmt(v['feed_recall'])} | {fmt(v['feed_fpr'])} |" if feed else ""))
         print()
 

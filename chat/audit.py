@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from core.keys import Keys
@@ -89,13 +89,13 @@ def parse_since(since: str) -> str:
         except ValueError:
             raise ValueError(f"--since: {since!r} is neither an ISO time nor epoch seconds") from None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp()
     return str(max(0, int(seconds * 1000)))
 
 
 def format_entry(e: dict[str, Any]) -> str:
-    when = datetime.fromtimestamp(e["ts"] / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    when = datetime.fromtimestamp(e["ts"] / 1000, UTC).isoformat(timespec="milliseconds")
     who = e.get("who", "?") + (f" ({e['who_name']})" if e.get("who_name") else "")
     targets = [f"{name}={e[name]}" for name in ("conversation_id", "user_id", "flag_id") if e.get(name)]
     detail = e.get("detail", "").replace("\n", " ")

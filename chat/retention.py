@@ -15,7 +15,6 @@ from typing import Any
 
 from core.keys import Keys
 
-
 HOLD_S = 3600.0   # a conversation with an unresolved flag is looked at again this much later
 
 
@@ -32,8 +31,10 @@ async def _without_open_flags(redis: Any, keys: Keys, cids: list[str], *,
         for cid in cids:
             pipe.hgetall(keys.conv_flags(cid))
         statuses = await pipe.execute()
-    keep, purge, flag_ids = {}, [], []
-    for cid, flags in zip(cids, statuses):
+    keep: dict[str, float] = {}
+    purge: list[str] = []
+    flag_ids: list[str] = []
+    for cid, flags in zip(cids, statuses, strict=True):
         if any(_s(status) != "resolved" for status in flags.values()):
             keep[cid] = recheck_at
         else:

@@ -214,13 +214,14 @@ class _AutoPipeline:
         self._name = name
         self._sha = scripts.sha(name)
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     def call(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending.append((keys, args, fut))
         if len(self._pending) == 1:
-            loop.create_task(self._flush())
+            self._flushing = loop.create_task(self._flush())   # a reference, so the task is not collected
         return fut
 
     async def _one(self, keys: list[str], args: list[Any], fut: asyncio.Future[Any]) -> None:
@@ -244,7 +245,7 @@ class _AutoPipeline:
                 for _, _, fut in batch:
                     _settle(fut, exc=unavailable())
                 return
-            for (keys, args, fut), res in zip(batch, results):
+            for (keys, args, fut), res in zip(batch, results, strict=True):
                 if isinstance(res, NoScriptError):
                     await self._one(keys, args, fut)
                 elif isinstance(res, ResponseError):

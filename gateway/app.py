@@ -6,8 +6,9 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -125,7 +126,7 @@ class Edge:
         s = self.settings
         try:
             msg = await asyncio.wait_for(ws.receive(), s.hello_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Unauthorized("no hello in time") from None
         if msg["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(msg.get("code", 1000))
@@ -182,7 +183,6 @@ class Edge:
             await service.close_session(conn)
 
     async def _loop(self, ws: WebSocket, conn: Conn) -> None:
-        service = self.service
         while not conn.closed:
             try:
                 msg = await ws.receive()

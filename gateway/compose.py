@@ -32,7 +32,7 @@ from gateway.hub import Hub
 from gateway.safety import Safety
 from gateway.service import Service
 from gateway.settings import Settings
-from matcher.store import MatchStore, MatcherConfig
+from matcher.store import MatcherConfig, MatchStore
 from matcher.vocabulary import load_vocabulary
 
 

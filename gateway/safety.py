@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -41,7 +41,6 @@ from gateway.dispatch import Handler
 from gateway.hub import Hub
 from gateway.settings import Settings
 from matcher.store import MatchStore
-
 
 log = logging.getLogger("aftertalk.safety")
 MAX_REASON = 1000
@@ -306,7 +305,7 @@ class Safety:
         for cid in await self.match.user_conversations(uid):
             if await self._end_as_moderator(conn, cid, SUSPENSION_END_REASON):
                 ended.append(cid)
-        detail = reason + (f" (until {datetime.fromtimestamp(until, timezone.utc).isoformat(timespec='seconds')})"
+        detail = reason + (f" (until {datetime.fromtimestamp(until, UTC).isoformat(timespec='seconds')})"
                            if until else "")
         await self._audit(conn, audit.SUSPEND, user_id=uid, detail=detail)
         conn.push(orjson.dumps({"type": "done", "ref": "suspend", "user_id": uid, "until": until,

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 
@@ -118,7 +119,7 @@ class Service:
             return
         positions = await self.match.queue_positions([c.user.id for c in waiting])
         estimate = await self.match.wait_estimate()
-        for conn, pos in zip(waiting, positions):
+        for conn, pos in zip(waiting, positions, strict=True):
             if pos is not None and pos != conn.position:
                 conn.position = pos
                 conn.push(orjson.dumps({"type": "queued", "position": pos,
@@ -148,7 +149,7 @@ class Service:
         except STORE_ERRORS:
             raise unavailable() from None
         failed: list[dict[str, Any]] = []
-        for conv, meta in zip(state["conversations"], metas):
+        for conv, meta in zip(state["conversations"], metas, strict=True):
             cid = conv["conversation_id"]
             conv["last_seq"] = meta.seq if meta else 0
             self.hub.epochs[cid] = conv["epoch"]
@@ -257,7 +258,7 @@ class Service:
         if hold and not profile.diagnoses:
             raise ServiceError(ErrorCode.INVALID_PROFILE, "Holding out for a same-diagnosis peer needs a diagnosis.")
         conn.position = None     # so the hub forwards the reply even when joining at an unchanged position
-        state, created = await self.match.talk_now(conn.user.id, conn.user.name, profile,
+        _, created = await self.match.talk_now(conn.user.id, conn.user.name, profile,
                                                    prefer_same_diagnosis_s=hold,
                                                    known_conversations=list(conn.delivered))
         await self.conversations.open_created(created)

@@ -71,8 +71,9 @@ async def test_reviewed_flags_are_recorded_and_exported(gateways, redis_server, 
     bad = export(redis_server.url, prefix, "--since", "yesterday-ish")
     assert bad.returncode == 2 and "--since" in bad.stderr
 
-    from chat import audit
     import redis.asyncio as aioredis
+
+    from chat import audit
     from core.keys import Keys
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     entries = (await audit.page(client, Keys(prefix), limit=100))["entries"]

@@ -89,7 +89,7 @@ async def test_serve_starts_its_own_worker_and_it_dies_with_serve(redis_server, 
         mod, _ = await moderator(g.ws_url)
         await mod.send({"type": "watch_flags"})
         await mod.expect("flags")
-        patient, survivor, cid = await start_chat(g.ws_url, g.ws_url)
+        patient, _survivor, cid = await start_chat(g.ws_url, g.ws_url)
         await say(patient, cid, "c1", INDIRECT_CRISIS)
         assert (await mod.expect("flag", timeout=10, category="crisis"))["source"] == "model"
         children = _children(g.proc.pid)
@@ -127,7 +127,8 @@ def _children(pid: int) -> list[int]:
 
 def _alive(pid: int) -> bool:
     try:
-        state = open(f"/proc/{pid}/stat").read().split()[2]
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().split()[2]
     except FileNotFoundError:
         return False
     return state != "Z"

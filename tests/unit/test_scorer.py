@@ -59,8 +59,10 @@ def test_scores_are_probabilities_for_every_label(scorer: Scorer) -> None:
 
 def test_invisible_and_lookalike_characters_change_no_score(scorer: Scorer) -> None:
     clean = "I want to end my life, I have the pills ready"
-    tricked = ["I want to end my l\u200bife, I have the pills ready", "I want to end my li\u00adfe, I have the pi\u200dlls ready",
-               "I want to \u0435nd my life, I h\u0430ve the pills r\u0435ady", "\ufeffI want to end my life, I have the pills ready"]
+    tricked = ["I want to end my l\u200bife, I have the pills ready",
+               "I want to end my li\u00adfe, I have the pi\u200dlls ready",
+               "I want to \u0435nd my life, I h\u0430ve the pills r\u0435ady",
+               "\ufeffI want to end my life, I have the pills ready"]
     base, *others = scorer.score([clean, *tricked])
     for s in others:
         assert s == pytest.approx(base, abs=1e-6)
