@@ -259,8 +259,8 @@ class Service:
             raise ServiceError(ErrorCode.INVALID_PROFILE, "Holding out for a same-diagnosis peer needs a diagnosis.")
         conn.position = None     # so the hub forwards the reply even when joining at an unchanged position
         _, created = await self.match.talk_now(conn.user.id, conn.user.name, profile,
-                                                   prefer_same_diagnosis_s=hold,
-                                                   known_conversations=list(conn.delivered))
+                                               prefer_same_diagnosis_s=hold,
+                                               known_conversations=list(conn.delivered))
         await self.conversations.open_created(created)
 
     async def on_cancel(self, conn: Conn, frame: dict[str, Any]) -> None:
