@@ -61,8 +61,18 @@ def why_failed(r: dict[str, Any]) -> str:
 
 
 def make_system(key: str, log_dir: str, code_dir: str = "") -> System:
+    """on/off: the phrase rules on or off, no learned screening (as before it existed);
+    screen-on/screen-off: rules on, and the learned screening on (each gateway runs its worker
+    process beside it, as ``serve`` does by default) or off."""
     if key in ("on", "off"):
-        return Aftertalk(moderation=key == "on", log_dir=log_dir, code_dir=code_dir)
+        return Aftertalk(moderation=key == "on", log_dir=log_dir, code_dir=code_dir,
+                         extra_env={"AFTERTALK_SCREENING": "0"})
+    if key in ("screen-on", "screen-off"):
+        env = ({"AFTERTALK_SCREENING": "1", "AFTERTALK_SCREENING_WORKERS": "1"} if key == "screen-on"
+               else {"AFTERTALK_SCREENING": "0"})
+        system = Aftertalk(moderation=True, log_dir=log_dir, code_dir=code_dir, extra_env=env)
+        system.name = f"aftertalk, screening {key.removeprefix('screen-')}"
+        return system
     return ChannelsRelay(key, log_dir=log_dir)
 
 

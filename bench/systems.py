@@ -81,7 +81,7 @@ class Aftertalk(System):
         self.gateways = [GatewayProcess(redis_url, self.prefix, log_dir=self.log_dir, **env).start(wait=False)
                          for _ in range(2)]
         for g in self.gateways:
-            g.wait_ready()
+            g.wait_ready(timeout=120)
 
     async def make_conversations(self, pairs: int) -> list[tuple[str, str]]:
         """(patient id, survivor id) of ``pairs`` open conversations, made by the matcher's scripts:
