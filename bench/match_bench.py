@@ -120,15 +120,15 @@ async def throughput(store: MatchStore, redis: aioredis.Redis, keys: Keys, mix: 
 
 async def index_sizes(redis: aioredis.Redis, keys: Keys) -> tuple[int, int]:
     """Indexed (offerable) survivors, and the size of the largest diagnosis index."""
-    wait = await redis.zcard(keys.ctl + "ix:wait")
+    wait = await redis.zcard(keys.wait_index)
     sizes = []
     for d in ("breast", "prostate"):
-        for name in (f"ix:rank:dx:{d}", f"ix:dx:{d}"):       # ranked index, or the plain sets of older lib.lua
-            kind = await redis.type(keys.ctl + name)
+        for key in (keys.rank_dx(d), f"{keys.ctl}ix:dx:{d}"):   # ranked index, or the plain sets of older lib.lua
+            kind = await redis.type(key)
             if kind == "zset":
-                sizes.append(await redis.zcard(keys.ctl + name))
+                sizes.append(await redis.zcard(key))
             elif kind == "set":
-                sizes.append(await redis.scard(keys.ctl + name))
+                sizes.append(await redis.scard(key))
     return wait, max(sizes, default=0)
 
 
@@ -144,7 +144,7 @@ def use_lib_from(rev: str) -> None:
         text = current(package, name)
         if package == "matcher" and name != "lib.lua":
             own = (Path(__file__).resolve().parents[1] / "matcher" / "lua" / name).read_text("utf-8")
-            text = old_lib + "\n" + own.partition("\n")[2]
+            text = scripts.key_table() + old_lib + "\n" + own.partition("\n")[2]   # KEY: today's scripts use it
         return text
 
     scripts.load_source = load_source

@@ -1,21 +1,58 @@
-"""Profiles and the matching rules, as plain data and pure functions.
+"""Profiles and the matching rules: the specification, as plain data and pure functions.
 
-The Redis scripts implement the same rules for speed and atomicity; the unit
-tests check the pure rules exhaustively and the integration tests check that
-the scripts agree with them.
+Production runs these rules as Lua (``matcher/lua/lib.lua``), for atomicity and speed; this
+module says the same in plain Python, with no I/O.  tests/integration/test_matching_rules_equal.py
+feeds generated states to both and checks that they pick the same survivor (and, when a survivor
+frees up, the same patients).  A difference is a bug in one of the two: keep them equal.
+
+**Eligibility** (:func:`eligible`): a survivor may be offered to a patient's request right now iff
+
+* the survivor is open to offers (:func:`survivor_open`, lib.lua ``indexable``): available, online
+  (at least one live connection), not suspended, with a free slot (conversations plus pending
+  offers below ``max_chats``), not cooling down after a conversation, and fewer than ``daily_cap``
+  conversations begun on this UTC day;
+* the request is open (:func:`request_open`, lib.lua ``try_match``): the patient is not suspended,
+  has no offer out, and is not away (lost every connection, inside the grace period);
+* the pair is allowed (:func:`pair_allowed`, lib.lua ``pair_ok``): not the same user, no block
+  either way, not talking with each other now, and the survivor has not declined, let lapse or
+  withdrawn an offer of this request;
+* their profiles fit (:func:`profiles_fit`): a shared language, and a shared diagnosis or, unless
+  the request is still holding out for the same diagnosis (``prefer_same_diagnosis_s``), a shared
+  side effect.
+
+**Ranking** (:func:`rank_key`, lib.lua ``best_survivor``): most shared diagnoses, then most shared
+side effects, then the longest wait since the survivor's last match.  Times are the Redis server's
+clock to the microsecond, so two survivors never share a time of last match in practice; for an
+exact tie on all three the scripts take either.
+
+**Who gets a survivor who frees up** (:func:`offers_for`, lib.lua ``serve_survivor``): the oldest
+requests in the queue (only the first :data:`QUEUE_SCAN`) that are eligible, one after the other
+while the survivor stays open to offers (:func:`after_offer`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from core.errors import ErrorCode, ServiceError
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from matcher.vocabulary import Vocabulary
 
 MAX_CODES = 12
+QUEUE_SCAN = 500          # a survivor who frees up is offered to the first this many queued requests
+DAY_S = 86400             # daily caps count conversations begun on one UTC day
+
+
+class CodeLists(Protocol):
+    """The controlled vocabulary (matcher.vocabulary.Vocabulary): code -> label per section."""
+
+    @property
+    def diagnoses(self) -> Mapping[str, str]: ...
+
+    @property
+    def side_effects(self) -> Mapping[str, str]: ...
+
+    @property
+    def languages(self) -> Mapping[str, str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +66,12 @@ class Profile:
                 "languages": sorted(self.languages)}
 
 
-def _codes(raw: Any, field: str, known: dict[str, str]) -> frozenset[str]:
+def _codes(raw: Any, field: str, known: Mapping[str, str]) -> frozenset[str]:
     if raw is None:
         return frozenset()
     if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw) or len(raw) > MAX_CODES:
-        raise ServiceError(ErrorCode.INVALID_PROFILE, f"'{field}' must be a list of at most {MAX_CODES} codes.", field=field)
+        raise ServiceError(ErrorCode.INVALID_PROFILE, f"'{field}' must be a list of at most {MAX_CODES} codes.",
+                           field=field)
     unknown = sorted({c for c in raw if c not in known})
     if unknown:
         raise ServiceError(ErrorCode.INVALID_PROFILE, f"Unknown {field} code(s): {', '.join(unknown[:5])[:200]}.",
@@ -41,7 +79,7 @@ def _codes(raw: Any, field: str, known: dict[str, str]) -> frozenset[str]:
     return frozenset(raw)
 
 
-def parse_profile(raw: Any, vocabulary: "Vocabulary") -> Profile:
+def parse_profile(raw: Any, vocabulary: CodeLists) -> Profile:
     """Validate a profile object from a frame against the controlled vocabulary."""
     if not isinstance(raw, dict):
         raise ServiceError(ErrorCode.INVALID_PROFILE, "'profile' must be an object.")
@@ -57,21 +95,24 @@ def parse_profile(raw: Any, vocabulary: "Vocabulary") -> Profile:
     return profile
 
 
+# ---------------------------------------------------------------- the state the rules read
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """A survivor as the matcher sees them at one instant."""
 
     id: str
     profile: Profile
-    available: bool = True
-    online: bool = True
+    available: bool = True        # said so (and has not been switched off for two missed offers)
+    online: bool = True           # at least one live connection
     max_chats: int = 1
-    active: int = 0
-    pending: int = 0
-    last_match: float = 0.0
-    cooldown_until: float = 0.0
-    today: int = 0
-    suspended: bool = False
+    active: int = 0               # open conversations
+    pending: int = 0              # offers out, not yet answered
+    last_match: float = 0.0       # when their last conversation began (or they first said available)
+    cooldown_until: float = 0.0   # no offers before this time (set when a conversation ends)
+    today: int = 0                # conversations begun this UTC day: see conversations_today()
+    suspended: bool = False       # by a moderator, now: see suspended_at()
+    auto_accept: bool = False     # offers become conversations at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,33 +121,70 @@ class Request:
 
     patient_id: str
     profile: Profile
-    strict_until: float = 0.0            # until then, same-diagnosis peers only
-    blocked: frozenset[str] = frozenset()   # survivors blocked either way
-    current_peers: frozenset[str] = frozenset()  # survivors already chatting with this patient
-    declined: frozenset[str] = frozenset()  # survivors who declined or let this request's offer lapse
-    suspended: bool = False
+    strict_until: float = 0.0                     # until then, same-diagnosis peers only
+    blocked: frozenset[str] = frozenset()         # survivors blocked either way
+    current_peers: frozenset[str] = frozenset()   # survivors talking with this patient now
+    declined: frozenset[str] = frozenset()        # survivors who declined, let lapse or withdrew an offer of it
+    suspended: bool = False                       # the patient, by a moderator (see suspended_at())
+    offered: bool = False                         # an offer of this request is out, waiting for an answer
+    away: bool = False                            # the patient lost every connection (inside the grace period)
 
 
-def shared(patient: Profile, survivor: Profile) -> dict[str, list[str]]:
-    return {"diagnoses": sorted(patient.diagnoses & survivor.diagnoses),
-            "side_effects": sorted(patient.side_effects & survivor.side_effects)}
+def day_of(now: float) -> int:
+    """The UTC day number a time falls on (what daily caps count by)."""
+    return int(now // DAY_S)
+
+
+def conversations_today(day: int | None, count: int, now: float) -> int:
+    """A survivor's conversations begun today, from the stored counter and the day it counts for."""
+    return count if day == day_of(now) else 0
+
+
+def suspended_at(until: float | None, now: float) -> bool:
+    """Whether a suspension recorded as ``until`` (None: none; 0: until lifted) holds at ``now``."""
+    return until is not None and (until == 0 or until > now)
+
+
+# ---------------------------------------------------------------- eligibility
+
+def survivor_open(cand: Candidate, *, now: float, daily_cap: int) -> bool:
+    """Whether the survivor may be offered to anyone right now."""
+    return (cand.available and cand.online and not cand.suspended
+            and cand.active + cand.pending < cand.max_chats
+            and cand.cooldown_until <= now and cand.today < daily_cap)
+
+
+def request_open(req: Request) -> bool:
+    """Whether the request may be offered anyone right now."""
+    return not (req.suspended or req.offered or req.away)
+
+
+def pair_allowed(req: Request, cand: Candidate) -> bool:
+    """Whether these two may ever be matched, as far as this request knows."""
+    sid = cand.id
+    return not (sid == req.patient_id or sid in req.blocked or sid in req.current_peers or sid in req.declined)
+
+
+def profiles_fit(patient: Profile, survivor: Profile, *, same_diagnosis_only: bool = False) -> bool:
+    """A shared language, and a shared diagnosis (or, unless ``same_diagnosis_only``, side effect)."""
+    if not patient.languages & survivor.languages:
+        return False
+    if patient.diagnoses & survivor.diagnoses:
+        return True
+    return not same_diagnosis_only and bool(patient.side_effects & survivor.side_effects)
 
 
 def eligible(req: Request, cand: Candidate, *, now: float, daily_cap: int) -> bool:
     """Whether this survivor may be offered to this patient right now."""
-    p, s = req.profile, cand.profile
-    if req.suspended or cand.suspended or not cand.available or not cand.online:
-        return False
-    if cand.active + cand.pending >= cand.max_chats or cand.cooldown_until > now or cand.today >= daily_cap:
-        return False
-    if cand.id in req.blocked or cand.id in req.current_peers or cand.id in req.declined or cand.id == req.patient_id:
-        return False
-    if not (p.languages & s.languages):
-        return False
-    share_dx = bool(p.diagnoses & s.diagnoses)
-    if now < req.strict_until:
-        return share_dx
-    return share_dx or bool(p.side_effects & s.side_effects)
+    return (survivor_open(cand, now=now, daily_cap=daily_cap) and request_open(req) and pair_allowed(req, cand)
+            and profiles_fit(req.profile, cand.profile, same_diagnosis_only=now < req.strict_until))
+
+
+# ---------------------------------------------------------------- ranking and choosing
+
+def shared(patient: Profile, survivor: Profile) -> dict[str, list[str]]:
+    return {"diagnoses": sorted(patient.diagnoses & survivor.diagnoses),
+            "side_effects": sorted(patient.side_effects & survivor.side_effects)}
 
 
 def rank_key(req: Request, cand: Candidate) -> tuple[int, int, float]:
@@ -116,10 +194,38 @@ def rank_key(req: Request, cand: Candidate) -> tuple[int, int, float]:
 
 
 def best_survivor(req: Request, candidates: Iterable[Candidate], *, now: float, daily_cap: int) -> Candidate | None:
+    """The survivor a request is offered to when it is made (or its hold ends, or an offer of it ends)."""
     pool = [c for c in candidates if eligible(req, c, now=now, daily_cap=daily_cap)]
     return max(pool, key=lambda c: rank_key(req, c), default=None)
 
 
 def next_patient(cand: Candidate, waiting: Iterable[Request], *, now: float, daily_cap: int) -> Request | None:
-    """When a survivor frees up, the oldest waiting patient they are eligible for (``waiting`` is oldest first)."""
-    return next((r for r in waiting if eligible(r, cand, now=now, daily_cap=daily_cap)), None)
+    """When a survivor frees up, the oldest queued request they may be offered to (``waiting``: the queue,
+    oldest first; only its first QUEUE_SCAN are looked at)."""
+    for i, req in enumerate(waiting):
+        if i >= QUEUE_SCAN:
+            return None
+        if eligible(req, cand, now=now, daily_cap=daily_cap):
+            return req
+    return None
+
+
+def after_offer(cand: Candidate, *, now: float) -> Candidate:
+    """The survivor once offered to one more patient: a pending offer, or with auto-accept a conversation."""
+    if cand.auto_accept:
+        return replace(cand, active=cand.active + 1, today=cand.today + 1, last_match=now)
+    return replace(cand, pending=cand.pending + 1)
+
+
+def offers_for(cand: Candidate, queue: Sequence[Request], *, now: float, daily_cap: int) -> list[Request]:
+    """The requests a survivor who frees up (comes online, says available, ends a conversation, sees an
+    offer end, cools down) is offered to, in order: the eligible ones among the first QUEUE_SCAN of the
+    queue (oldest first), while the survivor stays open to offers."""
+    out: list[Request] = []
+    for req in queue[:QUEUE_SCAN]:
+        if not survivor_open(cand, now=now, daily_cap=daily_cap):
+            break
+        if eligible(req, cand, now=now, daily_cap=daily_cap):
+            out.append(req)
+            cand = after_offer(cand, now=now)
+    return out

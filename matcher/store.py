@@ -115,7 +115,7 @@ class MatchStore:
             pipe.zadd(self.keys.presence, {m: expires for m in members}, xx=True)
             pipe.zmscore(self.keys.presence, members)
             _, scores = await pipe.execute()
-        return [m for m, score in zip(members, scores) if score is None]
+        return [m for m, score in zip(members, scores, strict=True) if score is None]
 
     async def tick(self, batch: int = 100) -> tuple[dict[str, Any], list[Created]]:
         return await self._run("tick", batch)
@@ -158,7 +158,7 @@ class MatchStore:
                 for cid in sorted(convs):
                     pipe.hgetall(k.conversation(cid))
                 records = await pipe.execute()
-            for cid, cv in zip(sorted(convs), records):
+            for cid, cv in zip(sorted(convs), records, strict=True):
                 if not cv or cv.get("state") != "open":
                     continue
                 peer_role = "survivor" if cv["patient"] == uid else "patient"

@@ -12,6 +12,7 @@ import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 _SECTIONS = ("diagnoses", "side_effects", "languages")
 
@@ -24,7 +25,7 @@ class Vocabulary:
     side_effects: dict[str, str]
     languages: dict[str, str]
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, list[dict[str, str]]]:
         """The API shape: ``{section: [{"code", "label"}, ...]}``."""
         return {
             section: [{"code": code, "label": label} for code, label in getattr(self, section).items()]
@@ -32,7 +33,7 @@ class Vocabulary:
         }
 
 
-def _parse_section(doc: dict, section: str) -> dict[str, str]:
+def _parse_section(doc: dict[str, Any], section: str) -> dict[str, str]:
     entries: dict[str, str] = {}
     for item in doc[section]:
         code, label = item["code"], item["label"]

@@ -6,7 +6,7 @@
 -- Returns JSON {available, max_chats, auto_accept, active, pending, online, created?}.
 -- Refuses: suspended (when asking to become available).
 local sid, avail = ARGV[5], ARGV[7]
-local key = P .. 'sv:' .. sid
+local key = KEY.survivor(sid)
 if avail == '1' and is_suspended(sid) then return refuse('suspended', 'Your account is suspended.') end
 local old = hgetall(key)
 if old then old.id = sid; unindex(old) end

@@ -6,26 +6,26 @@
 -- Returns JSON {ended: bool (false if it had ended already), patient, survivor, created?}.
 -- Refuses: forbidden (not a participant, unless a moderator; also for unknown conversations).
 local cid, by, role, block, reason = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local key = P .. 'cv:' .. cid
+local key = KEY.conversation(cid)
 local cv = hgetall(key)
 if not cv or (role ~= 'moderator' and by ~= cv.patient and by ~= cv.survivor) then
   return refuse('forbidden', 'You are not part of that conversation.')
 end
 local pid, sid = cv.patient, cv.survivor
 if block == '1' and role ~= 'moderator' then
-  redis.call('SADD', P .. 'blocks:' .. pid, sid)
-  redis.call('SADD', P .. 'blocks:' .. sid, pid)
+  redis.call('SADD', KEY.blocks(pid), sid)
+  redis.call('SADD', KEY.blocks(sid), pid)
 end
 if cv.state == 'ended' then return result({ended = false, patient = pid, survivor = sid}) end
 redis.call('HSET', key, 'state', 'ended', 'ended_by', by, 'ended_role', role, 'ended_at', NOW)
-redis.call('SREM', P .. 'convs:' .. pid, cid)
-redis.call('SREM', P .. 'convs:' .. sid, cid)
-redis.call('SREM', P .. 'peers:' .. pid, sid)
-redis.call('ZADD', P .. 'ended', NOW, cid)
-redis.call('HINCRBY', P .. 'sv:' .. sid, 'act', -1)
+redis.call('SREM', KEY.user_convs(pid), cid)
+redis.call('SREM', KEY.user_convs(sid), cid)
+redis.call('SREM', KEY.peers(pid), sid)
+redis.call('ZADD', KEY.ended, NOW, cid)
+redis.call('HINCRBY', KEY.survivor(sid), 'act', -1)
 if tonumber(CFG.cooldown_s) > 0 then
-  redis.call('HSET', P .. 'sv:' .. sid, 'cool', NOW + tonumber(CFG.cooldown_s))
-  redis.call('ZADD', P .. 'cooldowns', NOW + tonumber(CFG.cooldown_s), sid)
+  redis.call('HSET', KEY.survivor(sid), 'cool', NOW + tonumber(CFG.cooldown_s))
+  redis.call('ZADD', KEY.cooldowns, 'GT', NOW + tonumber(CFG.cooldown_s), sid)   -- GT: a later wake-up stays
 end
 local f = {type = 'ended', conversation_id = cid, by = role}
 if reason ~= '' then f.reason = reason end

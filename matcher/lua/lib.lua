@@ -1,14 +1,15 @@
+--! keys
 -- Shared library of the matcher scripts (prepended to each by "--! include lib.lua").
 -- Every matcher script has the same head:
 --   KEYS[1]  the control-plane stats key: routes the call to the control-plane slot; every other
 --            key a matcher script touches starts with the same stem and shares its hash tag {ctl}.
---   ARGV[1]  the control-plane key stem, e.g. "at:{ctl}:"
+--   ARGV[1]  the control-plane key stem, e.g. "at:{ctl}:"; the table KEY ("--! keys", generated
+--            from core/keys.py) builds every key name on it: KEY.queue, KEY.survivor(uid), ...
 --   ARGV[2]  the user pub/sub channel stem, e.g. "at:u:"
 --   ARGV[3]  a fresh random id from the caller: new offer / conversation ids are derived from it
 --   ARGV[4]  config JSON: offer_timeout_s, grace_s, cooldown_s, daily_cap, ewma_default_s
 --   ARGV[5..] the script's own arguments (named in its header)
 -- Time is the server's (TIME), so gateways with skewed clocks agree.
-local P = ARGV[1]
 local CH = ARGV[2]
 local SEED = ARGV[3]
 local CFG = cjson.decode(ARGV[4])
@@ -54,14 +55,14 @@ local function pub(uid, payload)
 end
 
 local function is_suspended(uid)
-  local untl = redis.call('HGET', P .. 'suspended', uid)
+  local untl = redis.call('HGET', KEY.suspended, uid)
   if not untl then return false end
   untl = tonumber(untl)
   return untl == 0 or untl > NOW
 end
 
 local function online(uid)
-  return redis.call('SCARD', P .. 'conns:' .. uid) > 0
+  return redis.call('SCARD', KEY.user_conns(uid)) > 0
 end
 
 local function set_has(list, value)
@@ -78,9 +79,9 @@ end
 -- ---------------------------------------------------------------- survivor index
 -- A survivor is "indexed" (findable) iff available, online, under capacity, not cooling down,
 -- under the daily cap and not suspended.  Index (sorted sets scored by rank_score):
--- ix:rank:dx:<code>, ix:rank:se:<code>, and ix:rank:ds:<dx>:<se> for each pair of the survivor's
--- diagnoses and side effects; ix:lang:<code> sets; ix:wait (zset by time of last match: smaller
--- waited longer).
+-- KEY.rank_dx(code), KEY.rank_se(code), and KEY.rank_pair(dx, se) for each pair of the survivor's
+-- diagnoses and side effects; KEY.lang_index(code) sets; KEY.wait_index (zset by time of last
+-- match: smaller waited longer).
 --
 -- rank_score folds the wait into the topic indexes: 1 + a bonus that shrinks as the time of the
 -- last match grows, (2^33 - last) * 2^-47 < 2^-14.  A ZUNIONSTORE of such sets with integer
@@ -99,42 +100,48 @@ local function index_sets(sv, op)
   end
   local dx, se = cjson.decode(sv.dx or '[]'), cjson.decode(sv.se or '[]')
   for _, d in ipairs(dx) do
-    z(P .. 'ix:rank:dx:' .. d)
-    for _, e in ipairs(se) do z(P .. 'ix:rank:ds:' .. d .. ':' .. e) end
+    z(KEY.rank_dx(d))
+    for _, e in ipairs(se) do z(KEY.rank_pair(d, e)) end
   end
-  for _, e in ipairs(se) do z(P .. 'ix:rank:se:' .. e) end
+  for _, e in ipairs(se) do z(KEY.rank_se(e)) end
   for _, code in ipairs(cjson.decode(sv.lang or '[]')) do
-    redis.call(op, P .. 'ix:lang:' .. code, id)
+    redis.call(op, KEY.lang_index(code), id)
   end
+end
+
+-- conversations the survivor began today (the counter is for the day in sv.day; a new day starts at 0)
+local function today_count(sv)
+  if sv.day == DAY then return tonumber(sv.today or '0') end
+  return 0
 end
 
 local function indexable(sv)
   if sv.av ~= '1' or not online(sv.id) then return false end
   if tonumber(sv.act) + tonumber(sv.pend) >= tonumber(sv.max) then return false end
   if tonumber(sv.cool or '0') > NOW then return false end
-  if sv.day == DAY and tonumber(sv.today or '0') >= tonumber(CFG.daily_cap) then return false end
+  if today_count(sv) >= tonumber(CFG.daily_cap) then return false end
   return not is_suspended(sv.id)
 end
 
 local function unindex(sv)
   if sv.idx == '1' then
     index_sets(sv, 'SREM')
-    redis.call('ZREM', P .. 'ix:wait', sv.id)
-    redis.call('HSET', P .. 'sv:' .. sv.id, 'idx', '0')
+    redis.call('ZREM', KEY.wait_index, sv.id)
+    redis.call('HSET', KEY.survivor(sv.id), 'idx', '0')
     sv.idx = '0'
   end
 end
 
 -- bring the index in line with the survivor's state; returns the fresh record
 local function reindex(sid)
-  local sv = hgetall(P .. 'sv:' .. sid)
+  local sv = hgetall(KEY.survivor(sid))
   if not sv then return nil end
   sv.id = sid
   local want = indexable(sv)
   if want and sv.idx ~= '1' then
     index_sets(sv, 'SADD')
-    redis.call('ZADD', P .. 'ix:wait', tonumber(sv.last or '0'), sid)
-    redis.call('HSET', P .. 'sv:' .. sid, 'idx', '1')
+    redis.call('ZADD', KEY.wait_index, tonumber(sv.last or '0'), sid)
+    redis.call('HSET', KEY.survivor(sid), 'idx', '1')
     sv.idx = '1'
   elseif not want then
     unindex(sv)
@@ -145,11 +152,11 @@ end
 -- ---------------------------------------------------------------- eligibility
 local function pair_ok(pid, rq, sid)
   if sid == pid then return false end
-  if redis.call('SISMEMBER', P .. 'blocks:' .. pid, sid) == 1 then return false end
-  if redis.call('SISMEMBER', P .. 'peers:' .. pid, sid) == 1 then return false end
-  if redis.call('SISMEMBER', P .. 'rq:' .. pid .. ':no', sid) == 1 then return false end
+  if redis.call('SISMEMBER', KEY.blocks(pid), sid) == 1 then return false end
+  if redis.call('SISMEMBER', KEY.peers(pid), sid) == 1 then return false end
+  if redis.call('SISMEMBER', KEY.request_declined(pid), sid) == 1 then return false end
   for _, l in ipairs(cjson.decode(rq.lang)) do
-    if redis.call('SISMEMBER', P .. 'ix:lang:' .. l, sid) == 1 then return true end
+    if redis.call('SISMEMBER', KEY.lang_index(l), sid) == 1 then return true end
   end
   return false
 end
@@ -171,7 +178,7 @@ local function first_eligible(pid, rq, key, minscore)
       local sid, score = batch[i], tonumber(batch[i + 1])
       if floor and score < floor then return best, best_last end
       if pair_ok(pid, rq, sid) then
-        local last = tonumber(redis.call('ZSCORE', P .. 'ix:wait', sid) or '0')
+        local last = tonumber(redis.call('ZSCORE', KEY.wait_index, sid) or '0')
         if not best then
           best, best_last = sid, last
           floor = score - math.floor(score) * 7.105427357601002e-15     -- 1 s of rank_score bonus
@@ -191,13 +198,13 @@ end
 local function narrow(rq, key, size, scratch)
   local langs = cjson.decode(rq.lang)
   local speakers = 0
-  for _, l in ipairs(langs) do speakers = speakers + redis.call('SCARD', P .. 'ix:lang:' .. l) end
+  for _, l in ipairs(langs) do speakers = speakers + redis.call('SCARD', KEY.lang_index(l)) end
   if speakers >= size then return key end
-  local lang_key = P .. 'ix:lang:' .. langs[1]
+  local lang_key = KEY.lang_index(langs[1])
   if #langs > 1 then
-    lang_key = P .. 'tmp:lang'
+    lang_key = KEY.scratch_langs
     local sets = {}
-    for i, l in ipairs(langs) do sets[i] = P .. 'ix:lang:' .. l end
+    for i, l in ipairs(langs) do sets[i] = KEY.lang_index(l) end
     redis.call('SUNIONSTORE', lang_key, unpack(sets))
   end
   redis.call('ZINTERSTORE', scratch, 2, key, lang_key, 'WEIGHTS', 1, 0)
@@ -209,7 +216,7 @@ end
 -- least minscore.  Returns sid, last (or nil).
 local function ranked_union(pid, rq, keys, weights, minscore)
   if #keys == 0 then return nil end
-  local tmp = P .. 'tmp'
+  local tmp = KEY.scratch
   local args = {tmp, #keys}
   for _, k in ipairs(keys) do args[#args + 1] = k end
   args[#args + 1] = 'WEIGHTS'
@@ -223,11 +230,11 @@ end
 
 -- Best indexed survivor for a waiting request: most shared diagnoses, then most shared side
 -- effects, then longest wait.  The work is kept to the survivors that can win, in stages:
---   1. survivors sharing a diagnosis AND a side effect: the union of the ix:rank:ds pairs of the
+--   1. survivors sharing a diagnosis AND a side effect: the union of the KEY.rank_pair sets of the
 --      patient's codes, ranked by shared side effects (with two diagnoses, those sharing both come
 --      first, whatever their side effects);
---   2. survivors sharing a diagnosis only: the longest waiting in ix:rank:dx;
---   3. (not while holding out for a same diagnosis) side effects only: the union of ix:rank:se.
+--   2. survivors sharing a diagnosis only: the longest waiting in KEY.rank_dx;
+--   3. (not while holding out for a same diagnosis) side effects only: the union of KEY.rank_se.
 -- A stage reads its union from the top and stops at the first eligible survivor; unions of
 -- stage 1 hold the survivors who share a diagnosis and a side effect, not everyone who shares
 -- a common side effect such as fatigue.  Patients with three or more diagnoses (rare) take the
@@ -237,29 +244,29 @@ local function best_survivor(pid, rq)
   local strict = tonumber(rq.strict or '0') > NOW
   if #dx > 2 then
     local keys, weights = {}, {}
-    for _, d in ipairs(dx) do keys[#keys + 1] = P .. 'ix:rank:dx:' .. d; weights[#weights + 1] = 1000 end
-    for _, e in ipairs(se) do keys[#keys + 1] = P .. 'ix:rank:se:' .. e; weights[#weights + 1] = 1 end
+    for _, d in ipairs(dx) do keys[#keys + 1] = KEY.rank_dx(d); weights[#weights + 1] = 1000 end
+    for _, e in ipairs(se) do keys[#keys + 1] = KEY.rank_se(e); weights[#weights + 1] = 1 end
     return (ranked_union(pid, rq, keys, weights, strict and 1000 or 1))
   end
   if #dx > 0 then
     local keys, weights = {}, {}
-    local both = P .. 'tmp:both'
-    if #dx == 2 and redis.call('ZINTERSTORE', both, 2, P .. 'ix:rank:dx:' .. dx[1], P .. 'ix:rank:dx:' .. dx[2],
+    local both = KEY.scratch_both
+    if #dx == 2 and redis.call('ZINTERSTORE', both, 2, KEY.rank_dx(dx[1]), KEY.rank_dx(dx[2]),
                                'WEIGHTS', 1000, 0) > 0 then
       keys[1], weights[1] = both, 1
     end
     for _, d in ipairs(dx) do
-      for _, e in ipairs(se) do keys[#keys + 1] = P .. 'ix:rank:ds:' .. d .. ':' .. e; weights[#weights + 1] = 1 end
+      for _, e in ipairs(se) do keys[#keys + 1] = KEY.rank_pair(d, e); weights[#weights + 1] = 1 end
     end
     local sid = ranked_union(pid, rq, keys, weights, 1)
     redis.call('UNLINK', both)
     if sid then return sid end
     local best, best_last = nil, nil
     for _, d in ipairs(dx) do
-      local key = P .. 'ix:rank:dx:' .. d
+      local key = KEY.rank_dx(d)
       local size = redis.call('ZCARD', key)
       if size > 0 then
-        local read = narrow(rq, key, size, P .. 'tmp')
+        local read = narrow(rq, key, size, KEY.scratch)
         local cand, last = first_eligible(pid, rq, read, 1)
         if read ~= key then redis.call('UNLINK', read) end
         if cand and (not best or last < best_last) then best, best_last = cand, last end
@@ -269,7 +276,7 @@ local function best_survivor(pid, rq)
   end
   if strict then return nil end
   local keys, weights = {}, {}
-  for _, e in ipairs(se) do keys[#keys + 1] = P .. 'ix:rank:se:' .. e; weights[#weights + 1] = 1 end
+  for _, e in ipairs(se) do keys[#keys + 1] = KEY.rank_se(e); weights[#weights + 1] = 1 end
   return (ranked_union(pid, rq, keys, weights, 1))
 end
 
@@ -285,43 +292,46 @@ end
 local serve_survivor, try_match
 
 local function queued_frame(pid)
-  local rank = redis.call('ZRANK', P .. 'queue', pid)
+  local rank = redis.call('ZRANK', KEY.queue, pid)
   if not rank then return nil end
-  local ewma = tonumber(redis.call('HGET', P .. 'stats', 'wait_ewma') or CFG.ewma_default_s)
+  local ewma = tonumber(redis.call('HGET', KEY.stats, 'wait_ewma') or CFG.ewma_default_s)
   return cjson.encode({type = 'queued', position = rank + 1,
                        estimated_wait_s = math.floor(ewma * (rank + 1) + 0.5)})
 end
 
 local function create_conversation(of, oid)
   local pid, sid = of.patient, of.survivor
-  local rq = hgetall(P .. 'rq:' .. pid) or {}
-  local sv = hgetall(P .. 'sv:' .. sid)
+  local rq = hgetall(KEY.request(pid)) or {}
+  local sv = hgetall(KEY.survivor(sid))
   local cid = newid('c')
   local epoch = newid('e')
-  redis.call('HSET', P .. 'cv:' .. cid, 'patient', pid, 'survivor', sid, 'patient_name', of.pname,
+  redis.call('HSET', KEY.conversation(cid), 'patient', pid, 'survivor', sid, 'patient_name', of.pname,
              'survivor_name', sv.name, 'shared', of.shared, 'created', NOW, 'epoch', epoch, 'state', 'open')
   for _, uid in ipairs({pid, sid}) do
-    redis.call('SADD', P .. 'convs:' .. uid, cid)
-    redis.call('SADD', P .. 'hist:' .. uid, cid)
+    redis.call('SADD', KEY.user_convs(uid), cid)
+    redis.call('SADD', KEY.user_history(uid), cid)
   end
-  redis.call('SADD', P .. 'peers:' .. pid, sid)
-  local today = 1
-  if sv.day == DAY then today = tonumber(sv.today or '0') + 1 end
-  redis.call('HSET', P .. 'sv:' .. sid, 'act', tonumber(sv.act) + 1, 'last', NOW, 'to', 0, 'day', DAY, 'today', today)
+  redis.call('SADD', KEY.peers(pid), sid)
+  local today = today_count(sv) + 1
+  redis.call('HSET', KEY.survivor(sid), 'act', tonumber(sv.act) + 1, 'last', NOW, 'to', 0, 'day', DAY, 'today', today)
+  if today >= tonumber(CFG.daily_cap) then
+    -- capped for today: tick looks at them again at midnight (GT: a later cool-down end stays)
+    redis.call('ZADD', KEY.cooldowns, 'GT', (tonumber(DAY) + 1) * 86400, sid)
+  end
   -- still findable (free slots left): their wait restarts now, or they would win every tie again
   if sv.idx == '1' then
-    redis.call('ZADD', P .. 'ix:wait', NOW, sid)
+    redis.call('ZADD', KEY.wait_index, NOW, sid)
     sv.id, sv.last = sid, NOW
     index_sets(sv, 'SADD')      -- re-scores the topic indexes (rank_score) too
   end
   local wait = NOW - tonumber(rq.created or NOW)
-  local ewma = tonumber(redis.call('HGET', P .. 'stats', 'wait_ewma') or CFG.ewma_default_s)
-  redis.call('HSET', P .. 'stats', 'wait_ewma', 0.8 * ewma + 0.2 * wait)
-  redis.call('HINCRBY', P .. 'stats', 'matches', 1)
-  redis.call('DEL', P .. 'rq:' .. pid, P .. 'rq:' .. pid .. ':no')
-  redis.call('ZREM', P .. 'queue', pid)
-  redis.call('ZREM', P .. 'relax', pid)
-  redis.call('ZREM', P .. 'away', pid)
+  local ewma = tonumber(redis.call('HGET', KEY.stats, 'wait_ewma') or CFG.ewma_default_s)
+  redis.call('HSET', KEY.stats, 'wait_ewma', 0.8 * ewma + 0.2 * wait)
+  redis.call('HINCRBY', KEY.stats, 'matches', 1)
+  redis.call('DEL', KEY.request(pid), KEY.request_declined(pid))
+  redis.call('ZREM', KEY.queue, pid)
+  redis.call('ZREM', KEY.relax, pid)
+  redis.call('ZREM', KEY.away, pid)
   reindex(sid)
   pub(pid, frame({type = 'matched', conversation_id = cid, epoch = epoch,
                   peer = {name = sv.name, role = 'survivor'}}, of.shared))
@@ -334,38 +344,38 @@ end
 
 -- remove an offer's bookkeeping; returns its record or nil
 local function take_offer(oid)
-  local of = hgetall(P .. 'of:' .. oid)
+  local of = hgetall(KEY.offer(oid))
   if not of then return nil end
-  redis.call('DEL', P .. 'of:' .. oid)
-  redis.call('ZREM', P .. 'offer-deadlines', oid)
-  redis.call('SREM', P .. 'sv:' .. of.survivor .. ':offers', oid)
-  redis.call('HINCRBY', P .. 'sv:' .. of.survivor, 'pend', -1)
+  redis.call('DEL', KEY.offer(oid))
+  redis.call('ZREM', KEY.offer_deadlines, oid)
+  redis.call('SREM', KEY.survivor_offers(of.survivor), oid)
+  redis.call('HINCRBY', KEY.survivor(of.survivor), 'pend', -1)
   return of
 end
 
 local function accept_offer(oid)
   local of = take_offer(oid)
   if not of then return nil end
-  redis.call('HINCRBY', P .. 'stats', 'offers_accepted', 1)
+  redis.call('HINCRBY', KEY.stats, 'offers_accepted', 1)
   return create_conversation(of, oid)
 end
 
 local function make_offer(pid, rq, sid)
-  local sv = hgetall(P .. 'sv:' .. sid)
+  local sv = hgetall(KEY.survivor(sid))
   sv.id = sid
   local oid = newid('o')
   local shared = shared_json(rq, sv)
   local expires = NOW + tonumber(CFG.offer_timeout_s)
-  redis.call('HSET', P .. 'of:' .. oid, 'patient', pid, 'survivor', sid, 'pname', rq.name,
+  redis.call('HSET', KEY.offer(oid), 'patient', pid, 'survivor', sid, 'pname', rq.name,
              'shared', shared, 'expires', expires)
-  redis.call('SADD', P .. 'sv:' .. sid .. ':offers', oid)
-  redis.call('HINCRBY', P .. 'sv:' .. sid, 'pend', 1)
-  redis.call('HSET', P .. 'rq:' .. pid, 'state', 'offered', 'offer', oid)
-  redis.call('HINCRBY', P .. 'stats', 'offers_made', 1)
+  redis.call('SADD', KEY.survivor_offers(sid), oid)
+  redis.call('HINCRBY', KEY.survivor(sid), 'pend', 1)
+  redis.call('HSET', KEY.request(pid), 'state', 'offered', 'offer', oid)
+  redis.call('HINCRBY', KEY.stats, 'offers_made', 1)
   if sv.auto == '1' then
     return accept_offer(oid)
   end
-  redis.call('ZADD', P .. 'offer-deadlines', expires, oid)
+  redis.call('ZADD', KEY.offer_deadlines, expires, oid)
   reindex(sid)
   pub(sid, frame({type = 'offer', offer_id = oid, patient = {name = rq.name},
                   expires_in_s = tonumber(CFG.offer_timeout_s)}, shared))
@@ -377,24 +387,23 @@ local function release_offer(oid, outcome)
   local of = take_offer(oid)
   if not of then return nil end
   local pid, sid = of.patient, of.survivor
-  redis.call('HINCRBY', P .. 'stats', 'offers_' .. outcome, 1)
+  redis.call('HINCRBY', KEY.stats, 'offers_' .. outcome, 1)
   if outcome == 'timeout' then
-    local streak = redis.call('HINCRBY', P .. 'sv:' .. sid, 'to', 1)
+    local streak = redis.call('HINCRBY', KEY.survivor(sid), 'to', 1)
     pub(sid, cjson.encode({type = 'offer_expired', offer_id = oid}))
     if streak >= 2 then
-      redis.call('HSET', P .. 'sv:' .. sid, 'av', '0', 'to', 0)
+      redis.call('HSET', KEY.survivor(sid), 'av', '0', 'to', 0)
       pub(sid, cjson.encode({type = 'availability', available = false, reason = 'missed_offers',
                              message = 'Two offers in a row went unanswered, so you are now unavailable.'}))
     end
   elseif outcome == 'declined' then
-    redis.call('HSET', P .. 'sv:' .. sid, 'to', 0)
+    redis.call('HSET', KEY.survivor(sid), 'to', 0)
   else
     pub(sid, cjson.encode({type = 'offer_withdrawn', offer_id = oid}))
   end
-  if outcome ~= 'cancelled' and redis.call('EXISTS', P .. 'rq:' .. pid) == 1 then
-    local rqkey = P .. 'rq:' .. pid
-    redis.call('SADD', rqkey .. ':no', sid)
-    redis.call('HSET', rqkey, 'state', 'waiting', 'offer', '')
+  if outcome ~= 'cancelled' and redis.call('EXISTS', KEY.request(pid)) == 1 then
+    redis.call('SADD', KEY.request_declined(pid), sid)
+    redis.call('HSET', KEY.request(pid), 'state', 'waiting', 'offer', '')
     try_match(pid)
   end
   reindex(sid)
@@ -403,7 +412,7 @@ local function release_offer(oid, outcome)
 end
 
 try_match = function(pid)
-  local rq = hgetall(P .. 'rq:' .. pid)
+  local rq = hgetall(KEY.request(pid))
   if not rq or rq.state ~= 'waiting' or tonumber(rq.away or '0') > 0 then return nil end
   local sid = best_survivor(pid, rq)
   if not sid then return nil end
@@ -414,12 +423,12 @@ end
 serve_survivor = function(sid)
   local sv = reindex(sid)
   if not sv or sv.idx ~= '1' then return end
-  local waiting = redis.call('ZRANGE', P .. 'queue', 0, 499)
+  local waiting = redis.call('ZRANGE', KEY.queue, 0, 499)
   for _, pid in ipairs(waiting) do
-    local rq = hgetall(P .. 'rq:' .. pid)
+    local rq = hgetall(KEY.request(pid))
     if rq and rq.state == 'waiting' and tonumber(rq.away or '0') == 0 and suits(pid, rq, sv) then
       make_offer(pid, rq, sid)
-      sv = hgetall(P .. 'sv:' .. sid)
+      sv = hgetall(KEY.survivor(sid))
       sv.id = sid
       if sv.idx ~= '1' then return end
     end
@@ -428,19 +437,19 @@ end
 
 -- withdraw every pending offer a survivor holds (left, suspended)
 local function withdraw_offers(sid)
-  for _, oid in ipairs(redis.call('SMEMBERS', P .. 'sv:' .. sid .. ':offers')) do
+  for _, oid in ipairs(redis.call('SMEMBERS', KEY.survivor_offers(sid))) do
     release_offer(oid, 'withdrawn')
   end
 end
 
 local function drop_request(pid, why)
-  local rq = hgetall(P .. 'rq:' .. pid)
+  local rq = hgetall(KEY.request(pid))
   if not rq then return false end
   if rq.state == 'offered' and rq.offer ~= '' then release_offer(rq.offer, 'cancelled') end
-  redis.call('DEL', P .. 'rq:' .. pid, P .. 'rq:' .. pid .. ':no')
-  redis.call('ZREM', P .. 'queue', pid)
-  redis.call('ZREM', P .. 'relax', pid)
-  redis.call('ZREM', P .. 'away', pid)
+  redis.call('DEL', KEY.request(pid), KEY.request_declined(pid))
+  redis.call('ZREM', KEY.queue, pid)
+  redis.call('ZREM', KEY.relax, pid)
+  redis.call('ZREM', KEY.away, pid)
   pub(pid, cjson.encode({type = 'cancelled', reason = why}))
   return true
 end

@@ -4,29 +4,29 @@
 -- ARGV[5] "connect" | "disconnect"  ARGV[6] user id  ARGV[7] connection id  ARGV[8] presence TTL (s)
 -- Returns JSON {online: bool, created?}.
 local op, uid, conn = ARGV[5], ARGV[6], ARGV[7]
-local conns = P .. 'conns:' .. uid
+local conns = KEY.user_conns(uid)
 if op == 'connect' then
   local first = redis.call('SCARD', conns) == 0
   redis.call('SADD', conns, conn)
-  redis.call('ZADD', P .. 'presence', NOW + tonumber(ARGV[8]), uid .. '|' .. conn)
-  local rq = hgetall(P .. 'rq:' .. uid)
+  redis.call('ZADD', KEY.presence, NOW + tonumber(ARGV[8]), uid .. '|' .. conn)
+  local rq = hgetall(KEY.request(uid))
   if rq and tonumber(rq.away or '0') > 0 then
-    redis.call('HSET', P .. 'rq:' .. uid, 'away', 0)
-    redis.call('ZREM', P .. 'away', uid)
+    redis.call('HSET', KEY.request(uid), 'away', 0)
+    redis.call('ZREM', KEY.away, uid)
     try_match(uid)
   end
-  if first and redis.call('EXISTS', P .. 'sv:' .. uid) == 1 then serve_survivor(uid) end
+  if first and redis.call('EXISTS', KEY.survivor(uid)) == 1 then serve_survivor(uid) end
 else
   redis.call('SREM', conns, conn)
-  redis.call('ZREM', P .. 'presence', uid .. '|' .. conn)
+  redis.call('ZREM', KEY.presence, uid .. '|' .. conn)
   if redis.call('SCARD', conns) == 0 then
-    if redis.call('EXISTS', P .. 'sv:' .. uid) == 1 then
+    if redis.call('EXISTS', KEY.survivor(uid)) == 1 then
       reindex(uid)
       withdraw_offers(uid)
     end
-    if redis.call('EXISTS', P .. 'rq:' .. uid) == 1 then
-      redis.call('HSET', P .. 'rq:' .. uid, 'away', NOW)
-      redis.call('ZADD', P .. 'away', NOW, uid)
+    if redis.call('EXISTS', KEY.request(uid)) == 1 then
+      redis.call('HSET', KEY.request(uid), 'away', NOW)
+      redis.call('ZADD', KEY.away, NOW, uid)
     end
   end
 end

@@ -11,7 +11,7 @@
 -- talk-now while the first tab's request was being matched, so it joins that match (its
 -- "matched" frame is on the way) instead of starting a second request.
 local pid = ARGV[5]
-local key = P .. 'rq:' .. pid
+local key = KEY.request(pid)
 if is_suspended(pid) then return refuse('suspended', 'Your account is suspended.') end
 local existing = hgetall(key)
 if existing then
@@ -21,13 +21,13 @@ if existing then
 end
 if ARGV[12] and ARGV[12] ~= '' then
   local known = cjson.decode(ARGV[12])
-  for _, cid in ipairs(redis.call('SMEMBERS', P .. 'convs:' .. pid)) do
+  for _, cid in ipairs(redis.call('SMEMBERS', KEY.user_convs(pid))) do
     if not set_has(known, cid) then
       return refuse('already_matched', 'Your request was just matched; your conversation is opening.')
     end
   end
 end
-local hour = P .. 'rqcount:' .. pid .. ':' .. math.floor(NOW / 3600)
+local hour = KEY.request_count(pid, math.floor(NOW / 3600))
 local n = redis.call('INCR', hour)
 redis.call('EXPIRE', hour, 3700)
 if n > tonumber(ARGV[11]) then
@@ -37,9 +37,9 @@ local strict_until = 0
 if tonumber(ARGV[10]) > 0 then strict_until = NOW + tonumber(ARGV[10]) end
 redis.call('HSET', key, 'name', ARGV[6], 'dx', ARGV[7], 'se', ARGV[8], 'lang', ARGV[9],
            'created', NOW, 'state', 'waiting', 'offer', '', 'strict', strict_until, 'away', 0)
-redis.call('ZADD', P .. 'queue', NOW, pid)
-if strict_until > 0 then redis.call('ZADD', P .. 'relax', strict_until, pid) end
-redis.call('HINCRBY', P .. 'stats', 'requests', 1)
+redis.call('ZADD', KEY.queue, NOW, pid)
+if strict_until > 0 then redis.call('ZADD', KEY.relax, strict_until, pid) end
+redis.call('HINCRBY', KEY.stats, 'requests', 1)
 try_match(pid)
 local after = hgetall(key)
 if not after then return result({state = 'matched', joined = false}) end

@@ -5,7 +5,7 @@
 -- Returns JSON {outcome, conversation_id?, created?}.
 -- Refuses: not_found (no such offer for this survivor: expired, withdrawn or never theirs).
 local sid, oid, action = ARGV[5], ARGV[6], ARGV[7]
-local owner = redis.call('HGET', P .. 'of:' .. oid, 'survivor')
+local owner = redis.call('HGET', KEY.offer(oid), 'survivor')
 if owner ~= sid then return refuse('not_found', 'This offer is no longer open.') end
 if action == 'accept' then
   local cid = accept_offer(oid)

@@ -4,10 +4,10 @@
 -- ARGV[5] user id  ARGV[6] suspended until (epoch seconds; 0 = until lifted)  ARGV[7] reason
 -- Returns JSON {suspended: true}.  The gateway closes the user's connections on the published frame.
 local uid = ARGV[5]
-redis.call('HSET', P .. 'suspended', uid, ARGV[6])
+redis.call('HSET', KEY.suspended, uid, ARGV[6])
 drop_request(uid, 'suspended')
-if redis.call('EXISTS', P .. 'sv:' .. uid) == 1 then
-  redis.call('HSET', P .. 'sv:' .. uid, 'av', '0')
+if redis.call('EXISTS', KEY.survivor(uid)) == 1 then
+  redis.call('HSET', KEY.survivor(uid), 'av', '0')
   reindex(uid)
   withdraw_offers(uid)
 end

@@ -24,7 +24,7 @@ import websockets
 from redis import Redis as SyncRedis
 
 from core.keys import Keys
-from matcher.profile import Profile, shared
+from matcher.profile import Profile, profiles_fit, shared
 from support.gateway import token
 
 N_SURVIVORS, N_PATIENTS, N_TWO_TABS, N_CANCELLERS = 50, 200, 25, 10
@@ -45,12 +45,6 @@ def random_profile(rng: random.Random, *, patient: bool) -> dict[str, list[str]]
 
 def as_profile(raw: dict[str, list[str]]) -> Profile:
     return Profile(frozenset(raw["diagnoses"]), frozenset(raw["side_effects"]), frozenset(raw["languages"]))
-
-
-def pair_fits(patient: Profile, survivor: Profile) -> bool:
-    """The static half of the eligibility rule: a shared topic and a shared language."""
-    topic = patient.diagnoses & survivor.diagnoses or patient.side_effects & survivor.side_effects
-    return bool(topic) and bool(patient.languages & survivor.languages)
 
 
 @dataclass
@@ -121,7 +115,7 @@ class CapacityMonitor:
             for sid in self.ids:
                 pipe.hmget(self.keys.survivor(sid), "act", "pend", "max")
             busy = 0
-            for sid, (act, pend, cap) in zip(self.ids, pipe.execute()):
+            for sid, (act, pend, cap) in zip(self.ids, pipe.execute(), strict=True):
                 if act is None:
                     continue
                 if int(act) + int(pend) > int(cap) or int(act) < 0 or int(pend) < 0:
@@ -207,7 +201,7 @@ async def test_two_hundred_patients_fifty_survivors_two_gateways(gateways, redis
 
     # ---- wait until every patient who can be served has been (or has cancelled)
     matchable = {p.id for p in patients
-                 if any(pair_fits(as_profile(p.profile), as_profile(s.profile)) for s in survivors)}
+                 if any(profiles_fit(as_profile(p.profile), as_profile(s.profile)) for s in survivors)}
 
     def outstanding() -> set[str]:
         return {pid for pid in matchable if not by_id[pid].matched_at}
@@ -217,7 +211,7 @@ async def test_two_hundred_patients_fifty_survivors_two_gateways(gateways, redis
         progress.clear()
         try:
             await asyncio.wait_for(progress.wait(), 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     t_served = time.monotonic()
     while pending_ends and time.monotonic() < deadline + 5:
@@ -257,7 +251,7 @@ async def test_two_hundred_patients_fifty_survivors_two_gateways(gateways, redis
     for cid, pid in patient_of.items():
         sid = survivor_of[cid]
         pp, sp = as_profile(by_id[pid].profile), as_profile(by_id[sid].profile)
-        assert pair_fits(pp, sp), (cid, pid, sid)
+        assert profiles_fit(pp, sp), (cid, pid, sid)
         frame = next(f for frames in by_id[pid].frames for f in frames if f["type"] == "matched")
         assert {k: sorted(v) for k, v in frame["shared"].items()} == shared(pp, sp)
         assert frame["peer"] == {"name": sid, "role": "survivor"}

@@ -1,7 +1,8 @@
 """The pure matching rules of matcher/profile.py: profile validation, eligibility, ranking.
 
-The Lua scripts implement the same rules; tests/integration/test_matching.py
-checks that real gateways agree with what is asserted here.
+The Lua scripts implement the same rules: tests/integration/test_matching_rules_equal.py feeds
+both generated states and checks they decide alike, and tests/integration/test_matching.py checks
+that real gateways agree with what is asserted here.
 """
 from __future__ import annotations
 
@@ -12,8 +13,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import ErrorCode, ServiceError
-from matcher.profile import (MAX_CODES, Candidate, Profile, Request, best_survivor, eligible, next_patient,
-                             parse_profile, rank_key, shared)
+from matcher.profile import (
+    DAY_S,
+    MAX_CODES,
+    QUEUE_SCAN,
+    Candidate,
+    Profile,
+    Request,
+    after_offer,
+    best_survivor,
+    conversations_today,
+    eligible,
+    next_patient,
+    offers_for,
+    parse_profile,
+    rank_key,
+    shared,
+    suspended_at,
+)
 from matcher.vocabulary import load_vocabulary
 
 VOCAB = load_vocabulary()
@@ -211,6 +228,26 @@ def test_strict_window_admits_same_diagnosis_only_until_it_ends():
     assert not ok(strict, cand(dx=["breast"], lang=["fr"]))
 
 
+def test_the_daily_count_restarts_each_utc_day():
+    today = int(NOW // DAY_S)
+    assert conversations_today(today, 5, NOW) == 5
+    assert conversations_today(today - 1, 5, NOW) == 0          # yesterday's counter
+    assert conversations_today(None, 0, NOW) == 0               # never matched
+    assert conversations_today(today, 3, (today + 1) * DAY_S) == 0
+    assert not ok(req(), cand(today=conversations_today(None, 0, NOW)), cap=0)   # a cap of 0 admits nobody
+
+
+def test_a_suspension_holds_until_its_end_or_until_lifted():
+    assert suspended_at(0, NOW) and suspended_at(NOW + 1, NOW)
+    assert not suspended_at(None, NOW) and not suspended_at(NOW, NOW) and not suspended_at(NOW - 1, NOW)
+
+
+def test_a_request_with_an_offer_out_or_whose_owner_is_away_is_offered_nobody():
+    assert not ok(req(offered=True), cand())
+    assert not ok(req(away=True), cand())
+    assert best_survivor(req(away=True), [cand()], now=NOW, daily_cap=CAP) is None
+
+
 # ---------------------------------------------------------------- ranking
 
 def test_shared_diagnosis_beats_any_number_of_side_effects():
@@ -279,12 +316,31 @@ def test_next_patient_respects_strict_window():
     assert next_patient(side_effect_survivor, waiting, now=NOW + 10, daily_cap=CAP).patient_id == "holding-out"
 
 
+def test_a_survivor_who_frees_up_is_offered_while_slots_last():
+    s = cand("s", max_chats=2, active=0)
+    waiting = [req(pid=f"p{i}") for i in range(4)]
+    assert [r.patient_id for r in offers_for(s, waiting, now=NOW, daily_cap=CAP)] == ["p0", "p1"]
+    assert after_offer(s, now=NOW) == dataclasses.replace(s, pending=1)
+    auto = dataclasses.replace(s, auto_accept=True, max_chats=3)
+    assert after_offer(auto, now=NOW) == dataclasses.replace(auto, active=1, today=1, last_match=NOW)
+    assert [r.patient_id for r in offers_for(auto, waiting, now=NOW, daily_cap=2)] == ["p0", "p1"]   # daily cap
+    assert offers_for(dataclasses.replace(s, online=False), waiting, now=NOW, daily_cap=CAP) == []
+
+
+def test_a_survivor_who_frees_up_looks_at_the_oldest_queue_scan_requests_only():
+    s = cand("s")
+    waiting = [req(pid=f"p{i}", lang=["fr"]) for i in range(QUEUE_SCAN)] + [req(pid="late")]
+    assert next_patient(s, waiting, now=NOW, daily_cap=CAP) is None
+    assert offers_for(s, waiting, now=NOW, daily_cap=CAP) == []
+    assert next_patient(s, waiting[1:], now=NOW, daily_cap=CAP).patient_id == "late"
+
+
 # ---------------------------------------------------------------- properties
 
 DX = sorted(VOCAB.diagnoses)[:5]
 SE = sorted(VOCAB.side_effects)[:5]
 LANG = ["en", "fr", "es"]
-codes = lambda pool: st.frozensets(st.sampled_from(pool), max_size=3)  # noqa: E731
+codes = lambda pool: st.frozensets(st.sampled_from(pool), max_size=3)
 profiles = st.builds(Profile, codes(DX), codes(SE), st.frozensets(st.sampled_from(LANG), min_size=1, max_size=2))
 candidates = st.builds(
     Candidate, id=st.sampled_from([f"s{i}" for i in range(8)]), profile=profiles,
@@ -302,7 +358,7 @@ requests = st.builds(
 def _spec_eligible(r: Request, c: Candidate) -> bool:
     """The issue's rules, written out independently of matcher.profile."""
     sdx, sse = r.profile.diagnoses & c.profile.diagnoses, r.profile.side_effects & c.profile.side_effects
-    topic = bool(sdx) if NOW < r.strict_until else bool(sdx or sse)
+    topic = bool(sdx) if r.strict_until > NOW else bool(sdx or sse)
     return (topic and bool(r.profile.languages & c.profile.languages)
             and c.available and c.online and not c.suspended and not r.suspended
             and c.active + c.pending < c.max_chats and c.cooldown_until <= NOW and c.today < CAP
