@@ -48,6 +48,21 @@ def _meta_bytes(metadata: Mapping[str, Any]) -> npt.NDArray[np.uint8]:
     return np.frombuffer(raw, dtype=np.uint8)
 
 
+def _read_npz(path: str | os.PathLike[str], kind: str,
+              fmt: int) -> tuple[dict[str, npt.NDArray[Any]], tuple[str, ...], dict[str, Any]]:
+    """The arrays of a head file of this ``kind`` and format, its labels and its metadata (no pickle)."""
+    with np.load(Path(path), allow_pickle=False) as z:
+        found = str(z["kind"]) if "kind" in z.files else LINEAR
+        if found != kind:
+            raise ValueError(f"{path}: a {found!r} head, not a {kind!r} one (use load_head)")
+        if int(z["format"]) != fmt:
+            raise ValueError(f"{path}: {kind} head format {int(z['format'])}, this code reads {fmt}")
+        arrays = {name: z[name] for name in z.files}
+    labels = tuple(str(x) for x in arrays["labels"].tolist())
+    meta = json.loads(arrays["metadata"].tobytes().decode("utf-8"))
+    return arrays, labels, meta
+
+
 def _save_npz(path: str | os.PathLike[str], arrays: Mapping[str, npt.NDArray[Any]]) -> None:
     """Write atomically (temp file + rename) so a running reader never sees half a file."""
     target = Path(path)
@@ -111,16 +126,8 @@ class LinearHead:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LinearHead:
-        with np.load(Path(path), allow_pickle=False) as z:
-            kind = str(z["kind"]) if "kind" in z.files else LINEAR
-            if kind != LINEAR:
-                raise ValueError(f"{path}: a {kind!r} head, not a linear one (use load_head)")
-            fmt = int(z["format"])
-            if fmt != FORMAT:
-                raise ValueError(f"{path}: head format {fmt}, this code reads {FORMAT}")
-            labels = tuple(str(x) for x in z["labels"].tolist())
-            meta = json.loads(z["metadata"].tobytes().decode("utf-8"))
-            return cls(z["weights"], z["bias"], labels, meta)
+        z, labels, meta = _read_npz(path, LINEAR, FORMAT)
+        return cls(z["weights"], z["bias"], labels, meta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,17 +249,9 @@ class KernelHead:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KernelHead:
-        with np.load(Path(path), allow_pickle=False) as z:
-            kind = str(z["kind"]) if "kind" in z.files else LINEAR
-            if kind != RBF_SVM:
-                raise ValueError(f"{path}: a {kind!r} head, not an {RBF_SVM!r} one (use load_head)")
-            fmt = int(z["format"])
-            if fmt != KERNEL_FORMAT:
-                raise ValueError(f"{path}: kernel head format {fmt}, this code reads {KERNEL_FORMAT}")
-            labels = tuple(str(x) for x in z["labels"].tolist())
-            meta = json.loads(z["metadata"].tobytes().decode("utf-8"))
-            return cls(z["support_vectors"], z["dual_coef"], z["intercept"], z["gamma"], z["prob_a"],
-                       z["prob_b"], labels, meta)
+        z, labels, meta = _read_npz(path, RBF_SVM, KERNEL_FORMAT)
+        return cls(z["support_vectors"], z["dual_coef"], z["intercept"], z["gamma"], z["prob_a"],
+                   z["prob_b"], labels, meta)
 
 
 def _libsvm_binary_coupling(absent: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -20,7 +20,29 @@ SECRET = "test-secret-" + "x" * 40
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class GatewayProcess:
+class ChildProcess:
+    """A service process the tests started: killed (SIGKILL) or stopped (SIGTERM, then SIGKILL)."""
+
+    proc: subprocess.Popen[Any] | None = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+class GatewayProcess(ChildProcess):
     """``aftertalk serve`` in a child process against a given Redis."""
 
     def __init__(self, redis_url: str, prefix: str, *, port: int | None = None, log_dir: str | None = None,
@@ -69,21 +91,6 @@ class GatewayProcess:
             time.sleep(0.1)
         raise RuntimeError("gateway did not become ready")
 
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
 
 
 def token(role: str, sub: str | None = None, name: str | None = None, ttl: float = 3600) -> str:
@@ -175,7 +182,7 @@ class GatewayLauncher:
             p.stop()
 
 
-class ModerateProcess:
+class ModerateProcess(ChildProcess):
     """``aftertalk moderate``: one screening worker process against a given Redis."""
 
     def __init__(self, redis_url: str, prefix: str, *, log_dir: str | None = None, **env: Any) -> None:
@@ -200,18 +207,3 @@ class ModerateProcess:
             raise RuntimeError(f"moderate exited: {self.log_path.read_text()[-2000:]}")
         return self
 
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
