@@ -6,6 +6,8 @@ Order matters, so that a crash part-way can simply be retried:
    user's text and name (see ``chat/lua/erase.lua``; seqs and the peer's messages are kept)
    and marks the user erased in the conversation (append refuses them there from then on).
 3. Delete the user's control-plane data; the history set goes last (it is the work list).
+   The caller takes the user out of matching before (``aftertalk erase-user`` runs the matcher's
+   ``forget`` script: requests and offers withdrawn, out of the match indexes).
 4. Ask Redis to rewrite its AOF, so the original XADDs leave the disk as well.
 """
 from __future__ import annotations
@@ -34,7 +36,10 @@ async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str,
         await forget_author(redis, keys, cid, uid)     # flag excerpts quote the user's words too
         await forget_name(redis, keys, cid, uid)       # the matcher's record names both participants
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.survivor(uid), keys.request(uid), keys.blocks(uid), keys.user_convs(uid), keys.peers(uid))
+        pipe.delete(keys.survivor(uid), keys.request(uid), keys.blocks(uid), keys.user_convs(uid), keys.peers(uid),
+                    keys.survivor_offers(uid), keys.request_declined(uid))
+        for zset in (keys.relax, keys.away, keys.cooldowns):
+            pipe.zrem(zset, uid)
         pipe.delete(keys.user_history(uid))
         await pipe.execute()
     if compact_aof:

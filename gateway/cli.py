@@ -106,7 +106,11 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
         if args.command == "erase-user":
             from chat.erasure import erase_user
             from chat.store import ChatStore
+            from matcher.store import MatcherConfig, MatchStore
 
+            # out of matching first (requests and offers withdrawn, unindexed): a survivor whose record
+            # erasure deletes must not be left in the match indexes for the next talk-now to find
+            await MatchStore(redis, keys, MatcherConfig()).forget(args.user_id)
             count = await erase_user(redis, keys, ChatStore(redis, keys), args.user_id)
             print(f"erased user {args.user_id}: {count} messages")
         elif args.command == "export-labels":

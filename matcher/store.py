@@ -23,7 +23,7 @@ from core.scripts import ScriptSet
 from matcher.profile import Profile
 
 SCRIPTS = ("availability.lua", "request.lua", "cancel.lua", "respond.lua", "presence.lua",
-           "tick.lua", "end.lua", "suspend.lua")
+           "tick.lua", "end.lua", "suspend.lua", "forget.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,10 @@ class MatchStore:
 
     async def suspend(self, uid: str, until: float, reason: str) -> tuple[dict[str, Any], list[Created]]:
         return await self._run("suspend", uid, until, reason)
+
+    async def forget(self, uid: str) -> tuple[dict[str, Any], list[Created]]:
+        """Erasure's first step: out of matching for good (request dropped, unindexed, offers withdrawn)."""
+        return await self._run("forget", uid)
 
     # ---- reads (no atomicity needed) -----------------------------------------------
     async def is_suspended(self, uid: str) -> bool:

@@ -60,7 +60,7 @@ def conversation_elsewhere(nodes: RedisClusterNodes, keys: Keys) -> str:
 
 # every Lua script of the code base, each run at least once by the test below
 EXERCISED_SCRIPTS = {
-    "matcher": {"availability", "request", "cancel", "respond", "presence", "tick", "end", "suspend"},
+    "matcher": {"availability", "request", "cancel", "respond", "presence", "tick", "end", "suspend", "forget"},
     "chat": {"open", "append", "end", "feedback", "erase", "flag_create", "flag_ack", "flag_resolve"},
 }
 
@@ -82,7 +82,7 @@ async def test_every_script_and_transaction_keeps_to_one_slot(cluster, prefix):
     chat = ChatStore(redis, keys)
     flags = FlagStore(redis, keys)
     try:
-        # matcher: availability, presence, request, offer, decline, accept, tick, end, cancel, suspend
+        # matcher: availability, presence, request, offer, decline, accept, tick, end, cancel, suspend, forget
         await match.connected("sv1", "c1")
         await match.connected("sv2", "c2")
         await match.set_availability("sv1", "Sam", available=True, profile=profile, max_chats=1, auto_accept=False)
@@ -104,6 +104,7 @@ async def test_every_script_and_transaction_keeps_to_one_slot(cluster, prefix):
         await match.talk_now("pt2", "Paz", profile)
         await match.cancel("pt2")
         await match.suspend("pt2", 0, "test")
+        await match.forget("sv1")                                  # erasure's first step
         await match.disconnected("pt2", "c4")
 
         # chat: open, append, end, feedback, on a conversation on another node than {ctl}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from chat.retention import purge_expired
 from core.keys import Keys
-from support.chat_pair import match_pair, refused_at_hello, send_frame
-from support.gateway import ROOT, Client
+from support.chat_pair import PROFILE, match_pair, refused_at_hello, send_frame
+from support.gateway import ROOT, Client, token
 
 DELETED = "Deleted user"
 
@@ -155,3 +155,26 @@ async def everything_under(redis, prefix: str) -> str:
         elif kind == "stream":
             parts += [f"{k}={v}" for _, f in await redis.xrange(key) for k, v in f.items()]
     return "\n".join(parts)
+
+
+async def test_erasing_an_available_survivor_takes_them_out_of_matching(gateways, redis, redis_server, prefix):
+    """Found by the matching property test's author: the survivor's record went, their index entries
+    stayed, and the next talk-now that picked them failed inside the matcher's script."""
+    (g,) = gateways(1)
+    survivor_id = f"sur-{prefix}"
+    survivor = await Client.connect(g.ws_url, token("survivor", survivor_id, "Sam"))
+    await survivor.send({"type": "availability", "available": True, "profile": PROFILE, "max_chats": 1})
+    await survivor.expect("availability")
+    env = {**os.environ, "AFTERTALK_KEY_PREFIX": prefix}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway.cli", "erase-user", survivor_id, "--redis-url", redis_server.url],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    patient = await Client.connect(g.ws_url, token("patient", name="Pat"))
+    await patient.send({"type": "talk_now", "profile": PROFILE})
+    queued = await patient.expect("queued")
+    assert queued["position"] == 1
+    assert patient.of_type("error") == [] and patient.of_type("matched") == []
+    assert not await redis.exists(Keys(prefix).survivor(survivor_id))
+    await patient.close()
