@@ -56,7 +56,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
-from chat.textnorm import canonicalize, is_canonical
+from chat.textnorm import canonicalize, is_canonical, visual_order
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3}
 CRISIS, CONTACT_INFO, ABUSE, MEDICAL_ADVICE = "crisis", "contact_info", "abuse", "medical_advice"
@@ -479,6 +479,20 @@ class Moderator:
         self._anchors = frozenset(self._anchor_index)
 
     def check(self, text: str) -> Verdict:
+        verdict = self._check(text)
+        shown = visual_order(text)
+        if shown is None:
+            return verdict
+        seen = self._check(shown)       # what a reader sees of a right-to-left override
+        extra = tuple(h for h in seen.hits if h.category not in verdict.categories)
+        if not extra:
+            return verdict
+        hits = tuple(sorted(verdict.hits + extra,
+                            key=lambda h: (-SEVERITY_RANK[h.severity], self._cat_order[h.category])))
+        masked = self.mask_contact_info and any(h.category == CONTACT_INFO for h in extra)
+        return Verdict(hits, MASK_TEXT if masked else verdict.shown_text)
+
+    def _check(self, text: str) -> Verdict:
         canon = None if is_canonical(text) else canonicalize(text)  # e.g. ASCII: the text itself
         ctext = text if canon is None else canon.text
         found: dict[str, Hit] = {}

@@ -512,3 +512,33 @@ def canonicalize(text: str) -> Canonical:
 
 def _invisible_blocks(text: str) -> list[Block]:
     return [(m.start(), m.end(), "") for m in _INVISIBLE.finditer(text)]
+
+
+_RLO, _BIDI_ENDS = "\u202e", frozenset("\u202c\u2069\n\r\u2029")
+
+
+def visual_order(text: str) -> str | None:
+    """What a reader sees when ``text`` uses right-to-left override (U+202E): each overridden run,
+    up to its pop (U+202C), an isolate's end or the end of the line, reversed.  None when there is
+    no override.  "\u202eefil ym dne" is stored as written but shows as "end my life", so the
+    rules and the model judge this form too (canonicalize removes the control, not the reversal)."""
+    if _RLO not in text:
+        return None
+    out: list[str] = []
+    run: list[str] | None = None
+    for char in text:
+        if char == _RLO:
+            if run is not None:
+                out.extend(reversed(run))
+            run = []
+        elif run is not None and char in _BIDI_ENDS:
+            out.extend(reversed(run))
+            run = None
+            out.append(char)
+        elif run is not None:
+            run.append(char)
+        else:
+            out.append(char)
+    if run is not None:
+        out.extend(reversed(run))
+    return "".join(out)

@@ -15,7 +15,7 @@ from typing import Any
 
 from chat.screening.embedder import SentenceEmbedder
 from chat.screening.head import Head, load_head
-from chat.textnorm import canonicalize
+from chat.textnorm import canonicalize, visual_order
 
 MAX_CHARS = 2000      # the encoder reads the start of a message; 4,000-character messages cost no more
 
@@ -47,8 +47,16 @@ class Scorer:
         return dict(self.head.metadata.get("operating_points", {}))
 
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
-        canonical = [canonicalize(t).text[:MAX_CHARS] or " " for t in texts]
-        embeddings = self.embedder.embed(canonical)
+        """One ``{label: probability}`` per text.  A text written with a right-to-left override is
+        also scored as a reader sees it, and each label keeps the higher of the two scores."""
+        forms = [[t] + ([v] if (v := visual_order(t)) is not None else []) for t in texts]
+        flat = [canonicalize(f).text[:MAX_CHARS] or " " for group in forms for f in group]
+        embeddings = self.embedder.embed(flat)
         with self.embedder.blas_threads():   # the kernel head's product, on the embedder's thread budget
             probs = self.head.scores(embeddings)
-        return [{label: float(p) for label, p in zip(self.labels, row, strict=True)} for row in probs]
+        out, row = [], 0
+        for group in forms:
+            best = probs[row:row + len(group)].max(axis=0)
+            row += len(group)
+            out.append({label: float(p) for label, p in zip(self.labels, best, strict=True)})
+        return out

@@ -63,9 +63,11 @@ def test_invisible_and_lookalike_characters_change_no_score(scorer: Scorer) -> N
                "I want to end my li\u00adfe, I have the pi\u200dlls ready",
                "I want to \u0435nd my life, I h\u0430ve the pills r\u0435ady",
                "\ufeffI want to end my life, I have the pills ready"]
-    base, *others = scorer.score([clean, *tricked])
+    reversed_ = "\u202eydaer sllip eht evah I ,efil ym dne ot tnaw I"      # a reader sees the clean text
+    base, *others, shown_reversed = scorer.score([clean, *tricked, reversed_])
     for s in others:
         assert s == pytest.approx(base, abs=1e-6)
+    assert shown_reversed["crisis"] >= base["crisis"] - 1e-6     # judged as seen (the higher of both readings)
 
 
 def test_empty_emoji_only_and_very_long_messages_are_scored(scorer: Scorer) -> None:

@@ -372,3 +372,16 @@ def test_canonical_form_properties(text):
         assert all(is_invisible(c) for i, c in enumerate(text) if i not in covered)
     else:
         assert all(is_invisible(c) for c in text)
+
+
+def test_a_right_to_left_override_is_judged_as_a_reader_sees_it():
+    from chat.textnorm import visual_order
+
+    assert visual_order("plain text") is None
+    assert visual_order("\u202eefil ym dne") == "end my life"
+    assert visual_order("ok \u202eefil ym dne\u202c, bye") == "ok end my life\u202c, bye"
+    verdict = Moderator().check("I want to \u202eefil ym dne\u202c tonight")
+    assert "crisis" in verdict.categories
+    assert verdict.shown_text == "I want to \u202eefil ym dne\u202c tonight"    # delivered as written
+    masked = Moderator().check("call me \u202e321009 00770\u202c").shown_text
+    assert "00770" not in masked and "[contact info removed]" in masked
