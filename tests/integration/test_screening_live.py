@@ -103,6 +103,26 @@ async def test_serve_starts_its_own_worker_and_it_dies_with_serve(redis_server, 
         g.stop()
 
 
+def test_sigterm_of_serve_stops_its_worker_too(redis_server, prefix, tmp_path):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so serve's own clean-up may not run:
+    the worker must go anyway (it dies with its parent)."""
+    g = GatewayProcess(redis_server.url, prefix, log_dir=str(tmp_path), AFTERTALK_SCREENING_WORKERS=1)
+    g.start(wait=False)
+    try:
+        g.wait_ready(timeout=120)
+        assert g.proc is not None
+        children = _children(g.proc.pid)
+        assert children
+        g.proc.terminate()
+        g.proc.wait(30)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in children), "the worker outlived serve"
+    finally:
+        g.stop()
+
+
 def test_serve_refuses_to_start_when_the_model_cannot_load(redis_server, prefix, tmp_path):
     broken = tmp_path / "head.npz"
     broken.write_bytes(b"not a model")
