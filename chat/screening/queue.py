@@ -119,6 +119,16 @@ class ScreenQueue:
         now_ms = int(now_s) * 1000 + int(now_us) // 1000
         return Backlog(waiting, max(0.0, (now_ms - _ms(oldest)) / 1000), pending)
 
+    async def forget_idle_consumers(self, idle_s: float = 3600.0) -> int:
+        """Drop consumers that hold nothing and were idle for ``idle_s`` (workers that exited or
+        died: every worker process has a name of its own).  A consumer with pending entries is
+        kept, so no entry loses its owner before XAUTOCLAIM moves it."""
+        dropped = 0
+        for c in await self.redis.xinfo_consumers(self.key, GROUP):
+            if int(c["pending"]) == 0 and int(c["idle"]) >= idle_s * 1000:
+                dropped += int(await self.redis.xgroup_delconsumer(self.key, GROUP, _s(c["name"])) == 0)
+        return dropped
+
     async def trim(self) -> None:
         """Drop acknowledged entries: everything older than the oldest entry still owed."""
         oldest, _, _ = await self._oldest_owed()

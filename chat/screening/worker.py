@@ -102,6 +102,7 @@ class ScreeningWorker:
         if now - self._trimmed_at >= cfg.trim_every_s:
             self._trimmed_at = now
             await self.queue.trim()
+            await self.queue.forget_idle_consumers()
         return len(entries)
 
     async def screen(self, entries: Sequence[QueuedMessage]) -> None:

@@ -81,3 +81,20 @@ async def test_kill_9_mid_batch_every_message_is_screened_and_flagged_once(redis
     assert await redis.zcard(keys.flags) == MESSAGES
     print(f"killed with {held} entries held; {done_before} flags raised before the kill")
     await redis.aclose()
+
+
+async def test_idle_consumers_without_pending_entries_are_forgotten_and_busy_ones_kept(redis_server, prefix):
+    redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    keys = Keys(prefix)
+    queue = ScreenQueue(redis, keys)
+    await queue.ensure_group()
+    for i in range(2):
+        await redis.xadd(keys.screen_queue, {"c": "c1", "s": i + 1})
+    (done,) = await queue.read("exited-worker", 1, 100)
+    await queue.ack([done.entry_id])
+    await queue.read("dead-worker", 1, 100)                  # took an entry and never acknowledged it
+    await asyncio.sleep(0.05)
+    assert await queue.forget_idle_consumers(idle_s=0.01) == 1
+    names = {c["name"] for c in await redis.xinfo_consumers(keys.screen_queue, GROUP)}
+    assert names == {"dead-worker"}                          # its entry keeps an owner until it is claimed
+    await redis.aclose()
