@@ -18,8 +18,11 @@ import yaml
 from gateway.settings import ENV_NAMES
 from support.nginx import render_conf
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+SYSTEMD = DEPLOY / "systemd"
+WORKER_ARGV = ["aftertalk", "moderate"]
 
 
 def k8s_docs() -> list[dict]:
@@ -32,6 +35,20 @@ def k8s_docs() -> list[dict]:
 
 def by_kind(kind: str) -> list[dict]:
     return [d for d in k8s_docs() if d["kind"] == kind]
+
+
+def deployment(name: str) -> tuple[dict, dict, dict]:
+    """(Deployment, pod template, its one container) of the Deployment called ``name``."""
+    (dep,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == name]
+    pod = dep["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    return dep, pod, container
+
+
+def unit_directives(path: Path) -> list[tuple[str, str]]:
+    """A systemd unit's ``Key=value`` lines, in order (comments and section headers dropped)."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [tuple(line.split("=", 1)) for line in lines if "=" in line and not line.startswith(("#", ";"))]
 
 
 def deploy_texts() -> dict[str, str]:
@@ -54,11 +71,28 @@ def test_compose_parses_and_rewrites_lines_that_exist_in_nginx_conf():
         env = services[gw]["environment"]
         assert env["AFTERTALK_REDIS_URL"].startswith("redis://") and "@redis:6379/" in env["AFTERTALK_REDIS_URL"]
         assert "AFTERTALK_SECRET" in env
+        assert str(env["AFTERTALK_SCREENING_WORKERS"]) == "0", "the moderate service screens, not the gateways"
     assert "./redis.conf:/usr/local/etc/redis/redis.conf:ro" in services["redis"]["volumes"]
     script = " ".join(services["nginx"]["command"])
     nginx_conf = (DEPLOY / "nginx.conf").read_text()
     for old in re.findall(r"s/([^/]+)/", script):
         assert old.replace("\\", "") in nginx_conf, f"compose rewrites {old!r}, which nginx.conf lacks"
+
+
+def test_compose_runs_screening_workers_from_the_gateways_image():
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    worker, gateway = services["moderate"], services["gateway1"]
+    # the image's ENTRYPOINT is `aftertalk serve`: the worker must replace it, not append to it
+    argv = list(worker.get("entrypoint") or ["aftertalk", "serve"]) + list(worker.get("command") or [])
+    assert argv == WORKER_ARGV
+    assert worker["image"] == gateway["image"] and worker["build"] == gateway["build"]
+    assert worker["environment"]["AFTERTALK_REDIS_URL"] == gateway["environment"]["AFTERTALK_REDIS_URL"]
+    assert worker["healthcheck"] == {"disable": True}, "the image's HEALTHCHECK asks the gateway's port"
+    assert worker["deploy"]["replicas"] >= 2, "at least two, so one can restart"
+    assert "ports" not in worker and "expose" not in worker and "container_name" not in worker
+    for key in ("read_only", "cap_drop", "security_opt", "restart", "depends_on"):
+        assert worker[key] == gateway[key], key
+    assert "moderate" not in services["nginx"].get("depends_on", {})
 
 
 def test_dockerfile_serves_on_the_port_it_checks():
@@ -67,6 +101,10 @@ def test_dockerfile_serves_on_the_port_it_checks():
     assert f"EXPOSE {port}" in text and f"127.0.0.1:{port}/healthz" in text
     assert 'ENTRYPOINT ["aftertalk", "serve"]' in text
     assert re.search(r"^USER \d+", text, re.M), "the image must not run as root"
+    # every package of the distribution is in the build context (else the wheel lacks it)
+    packages = re.search(r"include = \[([^\]]*)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    for package in re.findall(r'"(\w+)\*"', packages):
+        assert f"COPY {package} {package}" in text, f"the Dockerfile does not copy {package}/"
 
 
 def test_k8s_manifests_agree_with_the_gateway_and_each_other():
@@ -76,16 +114,15 @@ def test_k8s_manifests_agree_with_the_gateway_and_each_other():
     app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", secret="x" * 40))
     routes = {getattr(r, "path", None) for r in app.routes}
 
-    (deployment,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "aftertalk-gateway"]
-    pod = deployment["spec"]["template"]
-    (container,) = pod["spec"]["containers"]
+    gateway, pod, container = deployment("aftertalk-gateway")
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz" in routes
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" in routes
     port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert container["readinessProbe"]["httpGet"]["port"] in port_names
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     assert int(env["AFTERTALK_PORT"]) == port_names["http"]
-    assert pod["metadata"]["labels"].items() >= deployment["spec"]["selector"]["matchLabels"].items()
+    assert env["AFTERTALK_SCREENING_WORKERS"] == "0", "the aftertalk-moderate Deployment screens, not the gateways"
+    assert pod["metadata"]["labels"].items() >= gateway["spec"]["selector"]["matchLabels"].items()
 
     refs = {r.get("secretRef", {}).get("name") for r in container["envFrom"]} - {None}
     (secret,) = by_kind("Secret")
@@ -107,11 +144,43 @@ def test_k8s_manifests_agree_with_the_gateway_and_each_other():
     assert redis_url.split("//")[1].split(":")[0] in services
 
 
+def test_k8s_screening_workers_run_moderate_with_the_gateways_image_and_config():
+    _, gw_pod, gw = deployment("aftertalk-gateway")
+    workers, pod, container = deployment("aftertalk-moderate")
+    labels = pod["metadata"]["labels"]
+    assert labels.items() >= workers["spec"]["selector"]["matchLabels"].items()
+    assert labels["app.kubernetes.io/name"] != gw_pod["metadata"]["labels"]["app.kubernetes.io/name"]
+    # `command` replaces the image's ENTRYPOINT (`aftertalk serve`), `args` its CMD
+    assert container["command"] + container.get("args", []) == WORKER_ARGV
+    assert container["image"] == gw["image"]
+    assert container["envFrom"] == gw["envFrom"], "the workers must read the gateways' settings"
+    assert workers["spec"]["replicas"] >= 2
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"},
+                                      "limits": {"cpu": "1", "memory": "512Mi"}}
+    assert container["securityContext"] == gw["securityContext"]
+    assert pod["spec"]["securityContext"] == gw_pod["spec"]["securityContext"]
+    # no port: nothing may probe one, and no Service selects the workers
+    assert "ports" not in container
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert probe not in container or set(container[probe]) & {"httpGet", "tcpSocket", "grpc"} == set(), probe
+    for service in by_kind("Service"):
+        assert not service["spec"]["selector"].items() <= labels.items(), service["metadata"]["name"]
+    # Redis admits the workers, not only the gateways
+    (redis_policy,) = [n for n in by_kind("NetworkPolicy") if n["metadata"]["name"] == "aftertalk-redis"]
+    admitted = [peer["podSelector"]["matchLabels"] for rule in redis_policy["spec"]["ingress"]
+                for peer in rule["from"] if "podSelector" in peer]
+    assert any(sel.items() <= labels.items() for sel in admitted), "Redis's NetworkPolicy shuts the workers out"
+    assert any(sel.items() <= gw_pod["metadata"]["labels"].items() for sel in admitted)
+
+
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not installed")
 def test_kustomize_renders_everything_but_the_example_secret():
     out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    kinds = [d["kind"] for d in docs]
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"} == {"aftertalk-gateway",
+                                                                                  "aftertalk-moderate"}
     assert {"Namespace", "ConfigMap", "Deployment", "Service", "Ingress", "StatefulSet",
             "PodDisruptionBudget", "NetworkPolicy"} <= set(kinds)
     assert "Secret" not in kinds, "kubectl apply -k must never overwrite the real secret with the example"
@@ -131,6 +200,25 @@ def test_systemd_units_verify(tmp_path):
     assert not problems, "\n".join(problems)
     unit = (DEPLOY / "systemd" / "aftertalk@.service").read_text()
     assert "EnvironmentFile=/etc/aftertalk/env" in unit and "--port %i" in unit
+
+
+def test_systemd_worker_unit_runs_moderate_hardened_like_the_gateway():
+    gateway = unit_directives(SYSTEMD / "aftertalk@.service")
+    worker = unit_directives(SYSTEMD / "aftertalk-moderate@.service")
+    exec_start = dict(worker)["ExecStart"].split()
+    assert exec_start[0].endswith("/bin/aftertalk") and exec_start[1:] == WORKER_ARGV[1:]
+    assert exec_start[0] == dict(gateway)["ExecStart"].split()[0], "the same installation as the gateways"
+    # the gateways start no workers of their own where these units exist
+    assert ("Environment", "AFTERTALK_SCREENING_WORKERS=0") in gateway
+    assert not any(k == "Environment" and v.startswith("AFTERTALK_SCREENING_WORKERS=") for k, v in worker)
+    # same settings file, user, target and every hardening line
+    for key in ("EnvironmentFile", "User", "Group", "PartOf", "Restart"):
+        assert dict(worker)[key] == dict(gateway)[key], key
+    hardening = (SYSTEMD / "aftertalk@.service").read_text().split("# ---- hardening")[1]
+    hardening_lines = {(k, v) for k, v in gateway if f"{k}={v}" in hardening and k != "WantedBy"}
+    assert hardening_lines and hardening_lines <= set(worker), hardening_lines - set(worker)
+    # a model that cannot load (status 3) is not cured by restarting: the unit fails visibly
+    assert "3" in dict(worker)["RestartPreventExitStatus"].split()
 
 
 def test_nginx_conf_rewrites_to_a_test_conf_by_substitution_alone():
