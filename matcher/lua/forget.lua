@@ -6,10 +6,5 @@
 -- index and their pending offers are withdrawn (the patients are told, as for any withdrawal).
 -- Returns JSON {forgotten: true}.
 local uid = ARGV[5]
-drop_request(uid, 'erased')
-if redis.call('EXISTS', KEY.survivor(uid)) == 1 then
-  redis.call('HSET', KEY.survivor(uid), 'av', '0')
-  reindex(uid)
-  withdraw_offers(uid)
-end
+leave_matching(uid, 'erased')
 return result({forgotten = true})

@@ -454,6 +454,17 @@ local function drop_request(pid, why)
   return true
 end
 
+-- out of matching (suspension, erasure): request dropped, survivor switched off and unindexed,
+-- their pending offers withdrawn
+local function leave_matching(uid, why)
+  drop_request(uid, why)
+  if redis.call('EXISTS', KEY.survivor(uid)) == 1 then
+    redis.call('HSET', KEY.survivor(uid), 'av', '0')
+    reindex(uid)
+    withdraw_offers(uid)
+  end
+end
+
 local function result(t)
   t.created = CREATED
   if #CREATED == 0 then t.created = nil end

@@ -5,11 +5,6 @@
 -- Returns JSON {suspended: true}.  The gateway closes the user's connections on the published frame.
 local uid = ARGV[5]
 redis.call('HSET', KEY.suspended, uid, ARGV[6])
-drop_request(uid, 'suspended')
-if redis.call('EXISTS', KEY.survivor(uid)) == 1 then
-  redis.call('HSET', KEY.survivor(uid), 'av', '0')
-  reindex(uid)
-  withdraw_offers(uid)
-end
+leave_matching(uid, 'suspended')
 pub(uid, cjson.encode({type = 'suspended', reason = ARGV[7], ['until'] = tonumber(ARGV[6])}))
 return result({suspended = true})
