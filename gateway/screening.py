@@ -166,13 +166,14 @@ class WorkerSupervisor:
                 return
             log.error("screening worker %d exited with status %s; starting it again", i, proc.returncode)
             time.sleep(next(delays))
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                try:
+            try:
+                with self._lock:        # never held while waiting: stop() must not wait for a model to load
+                    if self._stopping.is_set():
+                        return
                     self._procs[i] = new = self._spawn()
-                    self._await_ready(new, START_TIMEOUT_S)
-                except Exception:
+                self._await_ready(new, START_TIMEOUT_S)
+            except Exception:
+                if not self._stopping.is_set():
                     log.exception("screening worker %d could not be restarted; trying again", i)
 
     def stop(self) -> None:

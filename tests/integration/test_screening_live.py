@@ -3,6 +3,8 @@ Redis, the packaged model.  What reaches a moderator's ``watch_flags`` feed is w
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import httpx
@@ -99,6 +101,30 @@ async def test_serve_starts_its_own_worker_and_it_dies_with_serve(redis_server, 
         while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert not any(_alive(pid) for pid in children), "the worker outlived serve"
+    finally:
+        g.stop()
+
+
+async def test_a_worker_that_dies_is_started_again_and_screens(redis_server, prefix, tmp_path):
+    g = GatewayProcess(redis_server.url, prefix, log_dir=str(tmp_path), AFTERTALK_SCREENING_WORKERS=1,
+                       AFTERTALK_SCREENING_CLAIM_IDLE_S=1)
+    g.start(wait=False)
+    try:
+        g.wait_ready(timeout=120)
+        assert g.proc is not None
+        (first,) = _children(g.proc.pid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not [pid for pid in _children(g.proc.pid) if pid != first and _alive(pid)]:
+            assert time.monotonic() < deadline, "no new worker"
+            await asyncio.sleep(0.2)
+        mod, _ = await moderator(g.ws_url)
+        await mod.send({"type": "watch_flags"})
+        await mod.expect("flags")
+        patient, _survivor, cid = await start_chat(g.ws_url, g.ws_url)
+        await say(patient, cid, "c1", INDIRECT_CRISIS)
+        assert (await mod.expect("flag", timeout=60, category="crisis"))["source"] == "model"
+        assert "exited with status -9; starting it again" in g.log_path.read_text()
     finally:
         g.stop()
 
