@@ -54,13 +54,24 @@ def as_entry(entry_id: Any, raw: dict[Any, Any]) -> dict[str, Any]:
     return out
 
 
+STREAM_ID_MAX = 2**64 - 1     # each half of a stream id is an unsigned 64-bit integer
+
+
 def check_after(after: str | None) -> str | None:
-    """Validate a paging cursor (an entry id); raises ValueError."""
+    """Validate a paging cursor (an entry id); raises ValueError saying what is wrong."""
     if after in (None, ""):
         return None
     if not _STREAM_ID.fullmatch(after):
         raise ValueError("'after' must be an audit entry id such as 1718000000000-0")
+    ms, _, seq = after.partition("-")
+    if int(ms) > STREAM_ID_MAX or int(seq or 0) > STREAM_ID_MAX:
+        raise ValueError(f"'after' is out of range: each part of an entry id is at most {STREAM_ID_MAX}")
     return after
+
+
+def _is_last_id(after: str) -> bool:
+    ms, _, seq = after.partition("-")
+    return int(ms) == STREAM_ID_MAX and (not seq or int(seq) == STREAM_ID_MAX)
 
 
 async def page(redis: Any, keys: Keys, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
@@ -71,6 +82,8 @@ async def page(redis: Any, keys: Keys, *, after: str | None = None, limit: int =
     after = check_after(after)
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"'limit' must be 1 to {MAX_PAGE}")
+    if after and _is_last_id(after):
+        return {"entries": [], "next": None}      # nothing can come after the largest id
     rows = await redis.xrange(keys.audit, f"({after}" if after else "-", "+", count=limit)
     entries = [as_entry(i, f) for i, f in rows]
     return {"entries": entries, "next": entries[-1]["id"] if len(entries) == limit else None}

@@ -336,6 +336,10 @@ async def test_every_moderator_action_is_audited_and_readable_by_moderators_only
     rest = (await audit_log(g2.url, mod_token, after=first["next"], limit=10)).json()
     assert [e["action"] for e in rest["entries"]] == [a for a, _ in expected[3:]] and rest["next"] is None
     assert (await audit_log(g2.url, mod_token, after="not-an-id")).status_code == 400
+    too_big = await audit_log(g2.url, mod_token, after="99999999999999999999-0")    # was a 503 and a traceback
+    assert too_big.status_code == 400 and "out of range" in too_big.json()["error"]
+    last = await audit_log(g2.url, mod_token, after="18446744073709551615-18446744073709551615")
+    assert last.status_code == 200 and last.json() == {"entries": [], "next": None}
     assert (await audit_log(g2.url, mod_token, limit=0)).status_code == 400
 
     # moderators only
