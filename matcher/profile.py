@@ -14,8 +14,8 @@ frees up, the same patients).  A difference is a bug in one of the two: keep the
 * the request is open (:func:`request_open`, lib.lua ``try_match``): the patient is not suspended,
   has no offer out, and is not away (lost every connection, inside the grace period);
 * the pair is allowed (:func:`pair_allowed`, lib.lua ``pair_ok``): not the same user, no block
-  either way, not talking with each other now, and the survivor has not declined, let lapse or
-  withdrawn an offer of this request;
+  either way, not talking with each other now, and the survivor has not declined or let lapse an
+  offer of this request (an offer withdrawn because their connection died does not count);
 * their profiles fit (:func:`profiles_fit`): a shared language, and a shared diagnosis or, unless
   the request is still holding out for the same diagnosis (``prefer_same_diagnosis_s``), a shared
   side effect.
@@ -124,7 +124,7 @@ class Request:
     strict_until: float = 0.0                     # until then, same-diagnosis peers only
     blocked: frozenset[str] = frozenset()         # survivors blocked either way
     current_peers: frozenset[str] = frozenset()   # survivors talking with this patient now
-    declined: frozenset[str] = frozenset()        # survivors who declined, let lapse or withdrew an offer of it
+    declined: frozenset[str] = frozenset()        # survivors who declined or let lapse an offer of it
     suspended: bool = False                       # the patient, by a moderator (see suspended_at())
     offered: bool = False                         # an offer of this request is out, waiting for an answer
     away: bool = False                            # the patient lost every connection (inside the grace period)

@@ -402,7 +402,12 @@ local function release_offer(oid, outcome)
     pub(sid, cjson.encode({type = 'offer_withdrawn', offer_id = oid}))
   end
   if outcome ~= 'cancelled' and redis.call('EXISTS', KEY.request(pid)) == 1 then
-    redis.call('SADD', KEY.request_declined(pid), sid)
+    -- not again for this request: a survivor who said no or let it lapse.  A withdrawal (their
+    -- connection died, they were suspended or erased) is no answer: back within the grace
+    -- period, they may be offered again
+    if outcome == 'declined' or outcome == 'timeout' then
+      redis.call('SADD', KEY.request_declined(pid), sid)
+    end
     redis.call('HSET', KEY.request(pid), 'state', 'waiting', 'offer', '')
     try_match(pid)
   end

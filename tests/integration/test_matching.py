@@ -565,6 +565,22 @@ async def test_survivor_without_connections_gets_no_offers(world):
     assert (await bob.expect("offer"))["patient"] == {"name": "pat"}
 
 
+async def test_a_dropped_connection_is_not_a_decline(world):
+    """Issue 11: an offer withdrawn because the survivor's connection died put the survivor on the
+    patient's "not again" list, so coming back within the grace period changed nothing."""
+    w = world()
+    ann = await w.survivor("ann")
+    await w.patient("pat")
+    offer = await ann.expect("offer")
+    await ann.close()
+    assert await w.eventually(lambda: _state_is(w, "pat", "waiting"))
+    assert not await w.redis.exists(w.keys.offer(offer["offer_id"]))
+    assert not await w.redis.sismember(w.keys.request_declined("pat"), "ann")
+    back = await w.connect("survivor", "ann")                   # back, still available
+    again = await back.expect("offer")
+    assert again["patient"] == {"name": "pat"} and again["offer_id"] != offer["offer_id"]
+
+
 async def _state_is(w: World, pid: str, state: str) -> bool:
     return await w.request_state(pid) == state
 
