@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeAlias
 
-__all__ = ["LATIN_LOOKALIKES", "Canonical", "canonicalize", "is_canonical", "is_invisible"]
+__all__ = ["LATIN_LOOKALIKES", "Canonical", "canonicalize", "is_blank", "is_canonical", "is_invisible"]
 
 
 Block: TypeAlias = tuple[int, int, str]  # (lo, hi, form): text[lo:hi] became form
@@ -180,6 +180,24 @@ _INVISIBLE_ASTRAL = re.compile(f"[{_char_class(r for r in _INVISIBLE_RANGES if r
 def is_invisible(char: str) -> bool:
     """Whether canonicalisation removes ``char`` (a format or default-ignorable character)."""
     return _INVISIBLE.fullmatch(char) is not None
+
+
+# U+2800 BRAILLE PATTERN BLANK is a visible character (category So, not default-ignorable), so
+# canonicalisation keeps it: it takes up a cell as any braille pattern does. But it has no dots,
+# so to a sighted reader it is blank space, and it is the usual filler for messages and names that
+# look empty while passing a whitespace check. It counts as blank only in :func:`is_blank`.
+_BLANK_GLYPHS = frozenset("\u2800")
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` shows a reader nothing: it is empty, or only whitespace, invisible
+    characters (those canonicalisation removes: format characters, Hangul fillers, other
+    default-ignorables) and the blank braille pattern. For ASCII, one ``str.isspace``."""
+    if text.isascii():
+        return not text or text.isspace()
+    if not is_canonical(text):
+        text = canonicalize(text).text
+    return all(ch.isspace() or ch in _BLANK_GLYPHS or is_invisible(ch) for ch in text)
 
 
 # --------------------------------------------------------------------------- Latin look-alikes

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from core.errors import CloseCode, ErrorCode, ServiceError, Unauthorized
 from gateway import metrics
-from gateway.auth import Identity, issue_token, verify_token
+from gateway.auth import Identity, display_name, issue_token, verify_token
 from gateway.compose import Gateway, build
 from gateway.connection import Conn
 from gateway.protocol import authorize, error_frame, parse_frame, parse_resume
@@ -94,7 +94,7 @@ class Edge:
             return JSONResponse({"error": "demo sign-in is off"}, status_code=404)
         try:
             body = orjson.loads(await request.body())
-            role, name = body["role"], str(body["name"]).strip()[:40]
+            role, name = body["role"], display_name(str(body["name"])[:4096])   # as verify_token cleans it
             sub = str(body.get("id") or "").strip()[:64] or f"demo-{role}-{name.lower().replace(' ', '-')}"
             token = issue_token(self.settings.secret, sub=sub, role=role, name=name or role, ttl_s=12 * 3600,
                                 audience=self.settings.jwt_audience, issuer=self.settings.jwt_issuer)

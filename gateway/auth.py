@@ -3,16 +3,19 @@
 The accepted algorithms come from configuration and are passed to PyJWT
 explicitly, so a token's own header can never choose ``none`` or an
 asymmetric algorithm.  ``exp``, ``sub``, ``role`` and ``name`` are required;
-``aud`` and ``iss`` are checked when configured.
+``aud`` and ``iss`` are checked when configured.  The ``name`` is cleaned
+(:func:`display_name`) before anyone sees it.
 """
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import jwt
 
+from chat.textnorm import is_blank, is_invisible
 from core.errors import Unauthorized
 
 if TYPE_CHECKING:
@@ -31,6 +34,18 @@ class Identity:
 
     def public(self) -> dict[str, str]:
         return {"id": self.id, "role": self.role, "name": self.name}
+
+
+def display_name(raw: str) -> str:
+    """A name as peers are shown it: without format characters (Unicode category Cf: bidi
+    overrides, embeddings and isolates, zero-width spaces and joiners, soft hyphens, ...) or other
+    invisible characters, so that no name can reorder the text around it or pass for another
+    name, trimmed and cut to :data:`MAX_NAME`.  ``""`` when nothing visible is left (see
+    :func:`chat.textnorm.is_blank`): the caller falls back as for an empty name."""
+    if not raw.isascii():
+        raw = "".join(ch for ch in raw if unicodedata.category(ch) != "Cf" and not is_invisible(ch))
+    name = raw.strip()[:MAX_NAME].strip()
+    return "" if is_blank(name) else name
 
 
 def issue_token(secret: str, *, sub: str, role: str, name: str, ttl_s: float = 3600,
@@ -66,6 +81,7 @@ def verify_token(token: object, secret: str, *, algorithms: tuple[str, ...] = ("
         raise Unauthorized("invalid token: bad subject")
     if not isinstance(role, str) or role not in ROLES:
         raise Unauthorized("invalid token: unknown role")
-    if not isinstance(name, str) or not name.strip():
+    shown = display_name(name) if isinstance(name, str) else ""
+    if not shown:
         raise Unauthorized("invalid token: bad name")
-    return Identity(id=sub, role=role, name=name.strip()[:MAX_NAME], exp=float(claims["exp"]))
+    return Identity(id=sub, role=role, name=shown, exp=float(claims["exp"]))

@@ -32,6 +32,7 @@ from chat.flags import OUTCOMES, FlagStore
 from chat.moderation import CRISIS, REPORT_CATEGORY, REPORT_SEVERITY, Verdict
 from chat.screening.queue import Backlog, ScreenQueue
 from chat.store import Appended, ChatStore, ConversationMeta, message_frame
+from chat.textnorm import is_blank
 from core.errors import ErrorCode, ServiceError, Unauthorized
 from gateway import metrics
 from gateway.auth import verify_token
@@ -60,7 +61,7 @@ def _bounded(frame: dict[str, Any], name: str, limit: int, *, required: bool = F
     if len(value) > limit:
         raise ServiceError(ErrorCode.TOO_LARGE, f"'{name}' is at most {limit} characters.", field=name)
     value = value.strip()
-    if required and not value:
+    if required and is_blank(value):      # invisible-only text (zero-width, format, fillers) is empty too
         raise ServiceError(ErrorCode.BAD_FRAME, f"'{name}' needs some text.", field=name)
     return value
 

@@ -21,6 +21,7 @@ import orjson
 from chat.moderation import Moderator, Verdict
 from chat.retention import Retention
 from chat.store import Appended, ChatStore, message_frame
+from chat.textnorm import is_blank
 from core.errors import ErrorCode, ServiceError, unavailable
 from gateway import metrics
 from gateway.auth import Identity
@@ -281,7 +282,7 @@ class Service:
         if len(text) > self.settings.max_text_chars:
             raise ServiceError(ErrorCode.TOO_LARGE, f"Messages are at most {self.settings.max_text_chars} characters.",
                                **ref)
-        if not text.strip():
+        if is_blank(text):      # whitespace, zero-width/format characters, fillers: nothing to read
             raise ServiceError(ErrorCode.BAD_FRAME, "A message needs some text.", **ref)
         if not conn.sends.take(time.monotonic()):
             raise ServiceError(ErrorCode.RATE_LIMITED, "You are sending quickly; this message was not sent. "

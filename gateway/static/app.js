@@ -5,7 +5,7 @@ import { moderatorPage } from "./js/moderator.js";
 import { patientPage } from "./js/patient.js";
 import { Connection } from "./js/protocol.js";
 import { survivorPage } from "./js/survivor.js";
-import { fill, h, labeller } from "./js/ui.js";
+import { fill, h, isolate, labeller } from "./js/ui.js";
 
 const TOKEN_KEY = "aftertalk.token";
 const main = document.getElementById("main");
@@ -135,7 +135,7 @@ async function start(token) {
     if (page) return;
     page = frame.user.role;
     const context = { vocabulary: vocab, label: labeller(vocab), token };
-    fill(who, h("span", { text: `${frame.user.name} · ${frame.user.role}` }),
+    fill(who, h("span", {}, isolate(frame.user.name), ` · ${frame.user.role}`),
       h("button", { type: "button", class: "link", text: "Sign out", on: { click: () => signOut(conn) } }));
     const root = h("div", { class: `page page-${page}` });
     fill(main, root);

@@ -246,6 +246,57 @@ async def test_markup_in_messages_and_names_is_shown_as_text_and_runs_nothing(we
     assert open_page.problems.dialogs == []
 
 
+async def isolated(locator) -> bool:
+    """Whether the element is a <bdi> or sits in one / in an element with dir="auto", so that the
+    direction of its text cannot reorder the text around it."""
+    return await locator.evaluate("el => Boolean(el.closest('bdi, [dir=auto]'))")
+
+
+async def test_names_are_shown_without_bidi_controls_and_isolated_from_the_text_around_them(web, open_page):
+    (g,) = web(1)
+    hostile = "\u202eretarednoM"                  # a right-to-left override: would show as "Moderator"
+    moderator = await open_page(g.url, "moderator", viewport=DESK)
+    await sign_in(moderator, "moderator", "Mo")
+    survivor = await open_page(g.url, "survivor")
+    await sign_in(survivor, "survivor", "Sam")
+    await become_available(survivor)
+    patient = await open_page(g.url, "patient")
+    await sign_in(patient, "patient", hostile)
+    await talk_now(patient)
+
+    offer = survivor.locator("article.offer")
+    offer_name = offer.locator("h3 bdi, h3 [dir=auto]")
+    await expect(offer_name).to_have_text("retarednoM")
+    assert await isolated(offer_name)
+    await offer.get_by_role("button", name="Accept").click()
+    heading = survivor.get_by_role("heading", name="You are talking with retarednoM")
+    await expect(heading).to_be_visible()
+    assert "\u202e" not in await heading.text_content()
+    header_name = heading.locator("bdi, [dir=auto]")
+    await expect(header_name).to_have_text("retarednoM")
+    assert await isolated(header_name)
+    await expect(patient.get_by_role("heading", name="You are talking with Sam")).to_be_visible()
+    assert await isolated(patient.locator(".chat-head h2 bdi, .chat-head h2 [dir=auto]"))
+
+    await send(patient, "Some days I want to end my life.")
+    author = survivor.locator(".messages li.msg .who")
+    await expect(author).to_have_text("retarednoM")
+    assert await isolated(author.locator("bdi, [dir=auto]"))
+    await expect(survivor.locator(".chat-head bdi, .chat-head [dir=auto]").first).to_have_text("retarednoM")
+
+    # the moderator's view of the participants
+    flag = moderator.locator(".flag-feed li.flag")
+    await flag.get_by_role("button", name="Open conversation").click()
+    watch = moderator.locator("section.watch")
+    await expect(watch).to_contain_text("Conversation between retarednoM (patient) and Sam (survivor)")
+    people = watch.get_by_text("retarednoM", exact=True).first
+    assert await isolated(people)
+    await expect(watch.locator(".messages li.msg .who")).to_have_text("retarednoM (patient)")
+    assert await isolated(watch.locator(".messages li.msg .who").get_by_text("retarednoM", exact=True))
+    for page in (patient, survivor, moderator):
+        assert "\u202e" not in await page.locator("body").text_content()
+
+
 async def test_availability_switch_shows_the_server_turning_it_off_after_missed_offers(web, open_page):
     (g,) = web(1, AFTERTALK_OFFER_TIMEOUT_S="1")
     survivor = await open_page(g.url, "survivor")

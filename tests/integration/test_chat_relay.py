@@ -273,3 +273,89 @@ async def _keep_sending(client: Client, cid: str, stem: str, n: int) -> None:
     for i in range(n):
         await client.send(send_frame(cid, f"{stem}{i}"))
         await asyncio.sleep(0.01)
+
+
+# ---------------------------------------------------------------- invisible text (issue 11)
+
+# Texts a reader sees as nothing: zero-width and format characters, bidi controls, Hangul fillers,
+# the blank braille pattern, tag characters, and mixes of them with whitespace.
+INVISIBLE_ONLY = ["\u200b\u200b", "\u202e", "\u3164", "\u2800", "\ufeff\u2060\u00ad", "\u180e", "\uffa0",
+                  "\U000e0041\U000e007f", " \u200b\n\u3164\t\u2800 ", "\u2066\u2069\u200d", "\u2800" * 50,
+                  " \t\n"]
+
+
+async def test_messages_of_only_invisible_or_blank_characters_are_refused_as_empty(gateways, redis, prefix):
+    g1, g2 = gateways(2)
+    pair = await match_pair(g1.ws_url, g2.ws_url)
+    cid = pair.cid
+    for i, text in enumerate(INVISIBLE_ONLY):
+        await pair.patient.send(send_frame(cid, f"blank{i}", text))
+        err = await pair.patient.expect("error", client_id=f"blank{i}")
+        assert (err["code"], err["ref"], err["message"], err["conversation_id"]) == \
+            ("bad_frame", "send", "A message needs some text.", cid), repr(text)
+    # visible text with invisible characters around it is still a message, delivered as written
+    await pair.patient.send(send_frame(cid, "real", "\u200bhello\u2800"))
+    assert (await pair.patient.expect("ack", client_id="real"))["seq"] == 1
+    got = await pair.survivor.expect("message", client_id="real")
+    assert got["text"] == "\u200bhello\u2800" and got["seq"] == 1
+    assert not pair.patient.of_type("ack") and not pair.survivor.of_type("message")
+    assert await redis.xlen(f"{prefix}:{{c:{cid}}}:log") == 1
+
+
+async def test_a_moderator_notice_of_only_invisible_characters_is_refused(gateways, redis, prefix):
+    (g,) = gateways(1)
+    pair = await match_pair(g.ws_url, g.ws_url)
+    cid = pair.cid
+    await pair.patient.send(send_frame(cid, "p1", "you are a worthless idiot"))     # a flag opens it to moderators
+    await pair.patient.expect("ack", client_id="p1")
+    mod = await Client.connect(g.ws_url, token("moderator", name="Mo"))
+    for i, text in enumerate(["\u200b\u200b", "\u202e", "\u3164", "\u2800", " \u200b \u2800\n"]):
+        await mod.send({"type": "notice", "conversation_id": cid, "text": text, "client_id": f"n{i}"})
+        err = await mod.expect("error", ref="notice")
+        assert (err["code"], err["field"]) == ("bad_frame", "text"), repr(text)
+    await mod.send({"type": "notice", "conversation_id": cid, "text": "A moderator is here.", "client_id": "ok"})
+    assert (await mod.expect("ack", ref="notice"))["seq"] == 2
+    await pair.survivor.expect("message", client_id="ok")
+    assert [f["client_id"] for f in pair.survivor.of_type("message")] == ["p1"]
+    assert await redis.xlen(f"{prefix}:{{c:{cid}}}:log") == 2
+    await mod.close()
+
+
+async def test_format_characters_are_stripped_from_names_before_anyone_sees_them(gateways):
+    g1, g2 = gateways(2)
+    pair = await match_pair(g1.ws_url, g2.ws_url, patient_name="\u202eretarednoM",
+                            survivor_name="\u2067Sam\u200b\u2069")
+    cid = pair.cid
+    assert pair.patient.welcome["user"]["name"] == "retarednoM"
+    assert pair.survivor.welcome["user"]["name"] == "Sam"
+    await pair.patient.send({"type": "typing", "conversation_id": cid})
+    assert (await pair.survivor.expect("typing"))["from"] == {"name": "retarednoM", "role": "patient"}
+    await pair.patient.send(send_frame(cid, "p1", "hi"))
+    assert (await pair.survivor.expect("message", client_id="p1"))["from"] == {"name": "retarednoM",
+                                                                              "role": "patient"}
+    await pair.survivor.send(send_frame(cid, "s1", "hello"))
+    assert (await pair.patient.expect("message", client_id="s1"))["from"] == {"name": "Sam", "role": "survivor"}
+    # the peer as named in each side's welcome after a reconnect, and in the history
+    back = await Client.connect(g2.ws_url, pair.survivor_token)
+    (conv,) = back.welcome["conversations"]
+    assert conv["peer"] == {"name": "retarednoM", "role": "patient"}
+    await back.send({"type": "history", "conversation_id": cid})
+    hist = await back.expect("history", conversation_id=cid)
+    assert [m["from"]["name"] for m in hist["messages"]] == ["retarednoM", "Sam"]
+    await back.close()
+
+
+async def test_the_offer_names_the_patient_without_format_characters(gateways):
+    (g,) = gateways(1)
+    survivor = await Client.connect(g.ws_url, token("survivor", name="Sam"))
+    await survivor.send({"type": "availability", "available": True, "profile": PROFILE, "max_chats": 1})
+    await survivor.expect("availability")
+    patient = await Client.connect(g.ws_url, token("patient", name="Pa\u00adt\u202e"))
+    await patient.send({"type": "talk_now", "profile": PROFILE})
+    offer = await survivor.expect("offer")
+    assert offer["patient"]["name"] == "Pat"
+    await survivor.send({"type": "accept", "offer_id": offer["offer_id"]})
+    assert (await patient.expect("matched"))["peer"]["name"] == "Sam"
+    assert (await survivor.expect("matched"))["peer"]["name"] == "Pat"
+    for c in (patient, survivor):
+        await c.close()

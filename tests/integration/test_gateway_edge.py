@@ -129,6 +129,32 @@ async def test_valid_hello_gets_welcome(gw):
     await c.close()
 
 
+@pytest.mark.parametrize("name", ["   ", "\u200b\u200b", "\u202e", "\u3164", "\u2800", " \u2066\u200d\u2069 \u2800"])
+async def test_a_name_with_nothing_visible_is_refused_like_an_empty_one(gw, name):
+    code, reason = await hello_is_refused(gw, token("patient", sub=uid("patient"), name=name))
+    assert (code, reason) == (4401, "invalid token: bad name")
+
+
+async def test_format_characters_are_stripped_from_the_name_in_the_token(gw):
+    c = await Client.connect(gw.ws_url, token("patient", sub=uid("patient"), name="\u202eretarednoM\u200b "))
+    assert c.welcome["user"]["name"] == "retarednoM"
+    await c.close()
+
+
+async def test_demo_sign_in_cleans_the_name_and_falls_back_to_the_role(gateways):
+    (g,) = gateways(1, AFTERTALK_DEMO="1")
+    cases = [("\u202eretarednoM", "retarednoM"), ("S\u200bam\u2069", "Sam"), ("\u200b\u202e\u2800", "patient"),
+             ("  ", "patient")]
+    async with httpx.AsyncClient() as http:
+        for typed, shown in cases:
+            res = await http.post(f"{g.url}/api/demo-token", json={"role": "patient", "name": typed})
+            assert res.status_code == 200, res.text
+            assert not any(ch in res.json()["id"] for ch in "\u202e\u200b\u2069\u2800"), repr(typed)
+            c = await Client.connect(g.ws_url, res.json()["token"])
+            assert c.welcome["user"]["name"] == shown, repr(typed)
+            await c.close()
+
+
 # ---------------------------------------------------------------- bad frames keep the connection
 
 async def still_usable(c: Client) -> None:

@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from core.errors import Unauthorized
-from gateway.auth import MAX_NAME, Identity, issue_token, verify_token
+from gateway.auth import MAX_NAME, Identity, display_name, issue_token, verify_token
 
 SECRET = "s" * 64     # long enough for HS512 without warnings
 OTHER = "o" * 64
@@ -50,6 +50,22 @@ def test_issued_token_round_trips(role):
 def test_name_is_trimmed_and_bounded():
     ident = verify_token(signed(name="  " + "N" * 100 + " "), SECRET)
     assert ident.name == "N" * MAX_NAME
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("\u202eretarednoM", "retarednoM"), ("Sa\u200bm", "Sam"), ("\u2067Sam\u2069", "Sam"), ("Pa\u00adt", "Pat"),
+    (" \ufeffAna\u200d ", "Ana"), ("Zoë", "Zoë"), ("שרה", "שרה"), ("Ana\u2800", "Ana\u2800"),
+    ("\u200b" * 50 + "Ana", "Ana"), ("\u202e" + "N" * 100, "N" * MAX_NAME),
+])
+def test_format_characters_are_stripped_from_names(raw, shown):
+    assert display_name(raw) == shown
+    assert verify_token(signed(name=raw), SECRET).name == shown
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "\u200b\u200b", "\u202e", "\u3164", "\u2800", " \u2066\u200d\u2069 \u2800"])
+def test_a_name_with_nothing_visible_is_refused_like_an_empty_one(raw):
+    assert display_name(raw) == ""
+    assert refused(signed(name=raw)) == "invalid token: bad name"
 
 
 def test_issue_token_refuses_unknown_roles():

@@ -14,7 +14,7 @@ from test_moderation_rules import CASES  # the rule tests' table: what must flag
 
 from chat import textnorm
 from chat.moderation import MASK_TEXT, Moderator
-from chat.textnorm import LATIN_LOOKALIKES, canonicalize, is_canonical, is_invisible
+from chat.textnorm import LATIN_LOOKALIKES, canonicalize, is_blank, is_canonical, is_invisible
 
 C, K = "crisis", "contact_info"
 _MOD = Moderator()  # module level: hypothesis tests cannot use function-scoped fixtures
@@ -151,6 +151,27 @@ def test_emoji_only_empty_and_whitespace():
         canon = canonicalize(text)
         assert canon.text == strip_invisible(text)  # ZWJ, variation selectors and tags go
         assert not canon.spoofed
+
+
+@pytest.mark.parametrize("text", ["", " ", " \t\n", "\u200b\u200b", "\u202e", "\u3164", "\uffa0", "\u115f\u1160",
+                                  "\u2800", "\u2800" * 40, "\ufeff\u2060\u00ad", "\u180e", "\U000e0041\U000e007f",
+                                  " \u200b\n\u3164\t\u2800 ", "\u00a0\u3000\u2007", "\u2066\u2069\u200d\ufe0f"])
+def test_blank_text_shows_nothing(text):
+    assert is_blank(text)
+
+
+@pytest.mark.parametrize("text", ["a", ".", "\u200bhi", "\u2800x\u2800", "😢", "❤️", "👩\u200d⚕️", "\u202eretarednoM",
+                                  "я", "\u0308", "ｋ", "\u3164\u1100", "\u2801"])
+def test_text_with_anything_visible_is_not_blank(text):
+    assert not is_blank(text)
+
+
+def test_blank_is_cheap_for_ascii():
+    text = "x" + " " * 3999
+    start = time.perf_counter()
+    for _ in range(1000):
+        assert not is_blank(text)
+    assert time.perf_counter() - start < 0.05      # one isspace stopping at the first character
 
 
 def test_a_4000_character_message():

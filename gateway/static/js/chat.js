@@ -4,7 +4,7 @@
 // replay, history page, or the ack of our own send), and always in seq order.  Our own messages appear
 // at once, keyed by client_id, and take their seq when the ack or the echo arrives.
 
-import { announce, clock, confirmButton, fill, h, nextId } from "./ui.js";
+import { announce, clock, confirmButton, fill, h, isolate, nextId } from "./ui.js";
 
 const REPORT_REASONS = [
   ["harassment", "They were unkind or harassing"],
@@ -21,11 +21,12 @@ const STATUS_TEXT = {
   failed: "Not sent",
 };
 
+/** What to say when a conversation ends: a string, or text and an isolated name. */
 function endedText(frame, me, peer, readonly) {
   if (frame.by === "moderator") return "A moderator ended this conversation.";
   if (readonly) return frame.by ? `The ${frame.by} ended the conversation.` : "This conversation has ended.";
   if (frame.by === me.role) return frame.blocked ? "You blocked this person and the conversation ended." : "You ended the conversation.";
-  if (frame.by) return `${peer.name} ended the conversation.`;
+  if (frame.by) return [isolate(peer.name || "Your peer"), " ended the conversation."];
   return "This conversation has ended.";
 }
 
@@ -71,10 +72,10 @@ export class ChatView {
     this.errorNote = h("p", { class: "error-note", role: "alert", hidden: true });
     const title = this.readonly
       ? `Conversation ${this.cid.slice(0, 10)}`
-      : `You are talking with ${peer.name || "your peer"}`;
+      : ["You are talking with ", isolate(peer.name || "your peer")];
     this.root = h("section", { class: "chat", "aria-labelledby": headingId, "data-conversation": this.cid },
       h("header", { class: "chat-head" },
-        h("h2", { id: headingId, class: this.readonly ? "visually-hidden" : null, text: title }),
+        h("h2", { id: headingId, class: this.readonly ? "visually-hidden" : null }, title),
         this.readonly ? null : this.sharedLine(),
         this.readonly ? null : this.actions()),
       this.more, this.list, this.typing, this.errorNote, this.endedNote,
@@ -90,13 +91,13 @@ export class ChatView {
     const peer = this.peerLabel();
     return h("div", { class: "shared" },
       h("p", {}, "You share: ", h("strong", { text: topics.length ? topics.join(" · ") : "your experience" })),
-      h("p", { class: "hint", text: `${peer} sees your name “${this.me.name}” and these topics — nothing else about you. Please keep phone numbers, e-mail and links out of the chat.` }));
+      h("p", { class: "hint" }, isolate(peer), " sees your name “", isolate(this.me.name), "” and these topics — nothing else about you. Please keep phone numbers, e-mail and links out of the chat."));
   }
 
   actions() {
     const peer = this.peerLabel();
     this.endBtn = confirmButton("End chat", "End this chat?", () => this.conn.send({ type: "end", conversation_id: this.cid }), { yes: "Yes, end it", no: "Keep talking" });
-    this.blockBtn = confirmButton("Block", `Block ${peer}? The chat ends and you will not be matched again.`,
+    this.blockBtn = confirmButton("Block", ["Block ", isolate(peer), "? The chat ends and you will not be matched again."],
       () => this.conn.send({ type: "block", conversation_id: this.cid }), { yes: "Block", no: "Cancel" });
     this.reportBox = this.reportForm();
     return h("div", { class: "chat-actions" }, this.endBtn, this.blockBtn, this.reportBox);
@@ -220,7 +221,7 @@ export class ChatView {
     if (side === "notice") who = "Moderator";
     const roleTag = this.readonly && from.role && from.role !== "moderator" ? ` (${from.role})` : "";
     return h("li", { class: `msg ${side}` },
-      h("p", { class: "meta" }, h("span", { class: "who", text: who + roleTag }),
+      h("p", { class: "meta" }, h("span", { class: "who" }, isolate(who), roleTag),
         ts ? h("time", { dateTime: new Date(ts).toISOString(), text: clock(ts) }) : null),
       h("p", { class: "text", text: text }));
   }
@@ -272,7 +273,7 @@ export class ChatView {
 
   peerTyping(frame) {
     if (frame.from && frame.from.role === this.me.role) return;
-    this.typing.textContent = `${frame.from?.name || this.peerLabel()} is typing…`;
+    fill(this.typing, isolate(frame.from?.name || this.peerLabel()), " is typing…");
     clearTimeout(this.typingTimer);
     this.typingTimer = setTimeout(() => { this.typing.textContent = ""; }, 5000);
   }
@@ -301,10 +302,11 @@ export class ChatView {
     const text = endedText(frame, this.me, this.conv.peer || {}, this.readonly);
     if (this.form) { this.input.disabled = true; this.sendBtn.disabled = true; this.form.hidden = true; }
     if (this.endBtn) { this.endBtn.hidden = true; this.blockBtn.hidden = true; }
-    fill(this.endedNote, h("p", { class: "ended-text", text }));
+    const said = h("p", { class: "ended-text" }, text);
+    fill(this.endedNote, said);
     this.endedNote.hidden = false;
     if (!this.readonly) this.endedNote.append(this.feedbackForm());
-    announce(text);
+    announce(said.textContent);
     this.onEnded?.(this);
   }
 
@@ -392,7 +394,7 @@ export class ChatDeck {
     });
     view.onClose = () => this.remove(cid);
     const tab = h("button", { type: "button", role: "tab", class: "tab", id: nextId("tab"), "aria-selected": "false", "aria-controls": nextId("panel") },
-      h("span", { text: conv.peer?.name || "Chat" }), h("span", { class: "badge", hidden: true, text: "new" }));
+      h("span", { dir: "auto", text: conv.peer?.name || "Chat" }), h("span", { class: "badge", hidden: true, text: "new" }));
     view.root.id = tab.getAttribute("aria-controls");
     view.root.setAttribute("role", "tabpanel");
     view.root.setAttribute("aria-labelledby", tab.id);

@@ -4,7 +4,7 @@
 // writes every look and every action to the audit log.  Watching is silent to the participants.
 
 import { ChatView } from "./chat.js";
-import { ago, announce, clock, confirmButton, fill, h, nextId } from "./ui.js";
+import { ago, announce, clock, confirmButton, fill, h, isolate, nextId } from "./ui.js";
 
 const CATEGORY = {
   crisis: "Crisis",
@@ -175,7 +175,8 @@ export function moderatorPage(root, conn, { token }) {
     const reasonOf = () => watchPanel.querySelector(".mod-actions input[type=text]")?.value.trim() || "suspended by a moderator";
     fill(watching.suspendBox, ["patient", "survivor"].filter((r) => participants?.[r]?.id).map((role) => {
       const person = participants[role];
-      return confirmButton(`Suspend ${person.name}`, `Suspend ${person.name} (${role})? They are disconnected and cannot be matched.`,
+      return confirmButton(["Suspend ", isolate(person.name)],
+        ["Suspend ", isolate(person.name), ` (${role})? They are disconnected and cannot be matched.`],
         () => conn.send({ type: "suspend", user_id: person.id, reason: reasonOf() }), { yes: "Suspend", cls: "secondary" });
     }));
   }
@@ -192,8 +193,8 @@ export function moderatorPage(root, conn, { token }) {
     const p = frame.participants || {};
     fill(watching.people,
       h("h2", {}, "Conversation between ",
-        h("strong", { text: p.patient?.name || "patient" }), " (patient) and ",
-        h("strong", { text: p.survivor?.name || "survivor" }), " (survivor)"));
+        h("strong", {}, isolate(p.patient?.name || "patient")), " (patient) and ",
+        h("strong", {}, isolate(p.survivor?.name || "survivor")), " (survivor)"));
     fill(watching.flagsBox, (frame.flags || []).map(convFlag));
     suspendButtons(p);
   }
@@ -230,7 +231,7 @@ export function moderatorPage(root, conn, { token }) {
     entries.reverse();
     fill(auditBody, entries.map((e) => h("tr", {},
       h("td", {}, h("time", { dateTime: new Date(e.ts).toISOString(), text: `${new Date(e.ts).toLocaleDateString()} ${clock(e.ts)}` })),
-      h("td", { text: e.who_name || e.who }),
+      h("td", { dir: "auto", text: e.who_name || e.who }),
       h("td", { text: e.action }),
       h("td", { class: "mono", text: e.conversation_id || e.user_id || e.flag_id || "" }),
       h("td", { text: e.detail || "" }))));

@@ -6,7 +6,7 @@
 import { ChatDeck } from "./chat.js";
 import { profileFields, saveProfile, savedProfile } from "./profile.js";
 import { resourcesPanel } from "./resources.js";
-import { announce, fill, h } from "./ui.js";
+import { announce, fill, h, isolate } from "./ui.js";
 
 const OFFER_GONE = {
   offer_expired: "The time to answer ran out; we offered the chat to someone else.",
@@ -33,9 +33,9 @@ class OfferCard {
     this.decline = h("button", { type: "button", class: "secondary", text: "Decline", on: { click: () => this.answer("decline") } });
     this.status = h("p", { class: "hint", role: "status" });
     this.node = h("article", { class: "card offer", "data-offer": offer.offer_id, "aria-labelledby": `${offer.offer_id}-t` },
-      h("h3", { id: `${offer.offer_id}-t`, text: `${name} would like to talk` }),
+      h("h3", { id: `${offer.offer_id}-t` }, isolate(name), " would like to talk"),
       h("p", {}, "You share: ", h("strong", { text: topics.join(" · ") || "your experience" })),
-      h("p", { class: "hint", text: `${name} will see your name and these topics.` }),
+      h("p", { class: "hint" }, isolate(name), " will see your name and these topics."),
       h("p", { class: "countdown" }, this.seconds, " left to answer"),
       this.meter,
       h("div", { class: "row" }, this.accept, this.decline),

@@ -28,6 +28,14 @@ function append(node, children) {
   }
 }
 
+/**
+ * A person's name, isolated: a <bdi> element, so that a name written right to left (or one that
+ * tried to smuggle in bidi controls) can never reorder the text around it.  Text only, as always.
+ */
+export function isolate(name) {
+  return h("bdi", { text: name });
+}
+
 /** Replace a node's children (text or nodes). */
 export function fill(node, ...children) {
   node.replaceChildren();
@@ -68,14 +76,17 @@ export function checkboxGroup(legend, items, checked = [], { name } = {}) {
   return { set, values: () => boxes.filter((b) => b.box.checked).map((b) => b.box.value), setValues };
 }
 
-/** A button that asks "are you sure?" in place (no window.confirm: calm, and keyboard friendly). */
+/**
+ * A button that asks "are you sure?" in place (no window.confirm: calm, and keyboard friendly).
+ * label and question: strings, nodes or arrays of both (e.g. with an isolated name).
+ */
 export function confirmButton(label, question, onConfirm, { cls = "secondary", yes = "Yes", no = "Cancel" } = {}) {
   const wrap = h("span", { class: "confirm" });
-  const first = h("button", { type: "button", class: cls, text: label });
+  const first = h("button", { type: "button", class: cls }, label);
   const ask = () => {
     const yesBtn = h("button", { type: "button", class: "danger", text: yes, on: { click: () => { reset(); onConfirm(); } } });
     const noBtn = h("button", { type: "button", class: "secondary", text: no, on: { click: () => { reset(); first.focus(); } } });
-    fill(wrap, h("span", { class: "question", text: question }), yesBtn, noBtn);
+    fill(wrap, h("span", { class: "question" }, question), yesBtn, noBtn);
     yesBtn.focus();
   };
   const reset = () => fill(wrap, first);
