@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import signal
 import sys
+from types import FrameType
+from typing import Any
 
 from gateway.settings import ENV_NAMES, Settings, SettingsError
 
@@ -14,13 +17,49 @@ log = logging.getLogger("aftertalk")
 MIN_SECRET = 32
 
 
+class _StopRequested(BaseException):
+    """A stop signal arrived while ``serve`` was still starting: unwind through its clean-up."""
+
+
+class _StopSignals:
+    """``serve``'s own SIGTERM, SIGINT and SIGHUP handlers, installed for its whole life.
+
+    While the server runs, each signal asks uvicorn for its graceful shutdown (a second SIGINT forces
+    it), exactly as uvicorn's own handler would; before that, it unwinds the start-up.  Either way
+    ``serve``'s ``finally`` then stops the screening workers and the embedded Redis.  uvicorn swaps
+    in its own SIGINT/SIGTERM handlers while it serves and re-raises the signal afterwards with the
+    previous handler back in place: that previous handler is this one, so the re-raise lands here
+    instead of killing the process (with ``SIG_DFL``) before the clean-up has run.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.server: Any = None          # the uvicorn.Server once it runs
+        self.received: list[int] = []
+        self.finishing = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if self.finishing:
+            return                       # already stopping: let the clean-up finish
+        if self.server is None:
+            raise _StopRequested(signum)
+        if self.server.should_exit and signum == signal.SIGINT:
+            self.server.force_exit = True
+        self.server.should_exit = True
+
+
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from gateway import log_privacy
-    from gateway.app import create_app
-    from gateway.embedded import EmbeddedRedis
-
     settings = Settings.from_env(host=args.host, port=args.port, redis_url=args.redis_url,
                                  data_dir=args.data_dir, demo=True if args.demo else None)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -31,11 +70,37 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         settings = Settings(**{**settings.__dict__, "secret": secrets.token_urlsafe(48)})
         log.warning("demo mode: made up a signing secret for this run; tokens die with the process")
-    embedded = workers = None
-    if not settings.redis_url:
-        embedded = EmbeddedRedis(settings.data_dir)
-        settings = Settings(**{**settings.__dict__, "redis_url": embedded.start()})
+    if not settings.demo and not settings.allowed_origins:
+        log.warning("%s is empty: /ws accepts a browser Origin only when it matches the request's Host header, "
+                    "which a non-browser client chooses freely; set it to the origins the web client is "
+                    "served from", ENV_NAMES["allowed_origins"])
+    stop = _StopSignals()
     try:
+        stop.install()
+        return _run_serve(settings, stop)
+    except _StopRequested:
+        return 0                         # stopped while starting; everything started is stopped
+    finally:
+        stop.restore()
+
+
+def _run_serve(settings: Settings, stop: _StopSignals) -> int:
+    import uvicorn
+
+    from gateway import log_privacy
+    from gateway.app import create_app
+    from gateway.embedded import EmbeddedRedis
+
+    embedded: EmbeddedRedis | None = None
+    workers = None
+    try:
+        if not settings.redis_url:
+            embedded = EmbeddedRedis(settings.data_dir)     # started here, on the main thread (PDEATHSIG)
+            try:
+                settings = Settings(**{**settings.__dict__, "redis_url": embedded.start()})
+            except RuntimeError as exc:                     # data dir in use, a leftover server, no binary
+                print(f"aftertalk: {exc}", file=sys.stderr)
+                return 3
         if settings.screening and settings.screening_workers:
             from gateway.screening import WorkerSupervisor
 
@@ -53,15 +118,19 @@ def _serve(args: argparse.Namespace) -> int:
                                 lifespan="on", access_log=False, proxy_headers=True, server_header=False)
         log_privacy.install()        # after uvicorn configured logging: no frame, text or token in any log line
         server = uvicorn.Server(config)
+        stop.server = server
         with contextlib.suppress(KeyboardInterrupt):
             server.run()
-        if not server.started:
+        if not server.started and not stop.received:
             return 3             # could not start (port taken, startup failed), as uvicorn.run reports it
     finally:
+        stop.finishing = True
         if workers:
             workers.stop()
         if embedded:
             embedded.stop()
+    if stop.received:
+        log.info("stopped by %s; shut down cleanly", signal.Signals(stop.received[0]).name)
     return 0
 
 

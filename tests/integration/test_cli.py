@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 from gateway.auth import verify_token
 from support.gateway import ROOT
+from support.redis_server import free_port
 
 SECRET = "s" * 40
 
@@ -66,3 +68,35 @@ def test_every_command_refuses_a_bad_setting():
     assert out.returncode == 2 and "AFTERTALK_MODERATION='sometimes' is not allowed" in out.stderr
     out = run("audit", "--redis-url", "redis://127.0.0.1:1/0", AFTERTALK_KEY_PREFIX="a b")
     assert out.returncode == 2 and "AFTERTALK_KEY_PREFIX='a b' is not allowed" in out.stderr
+
+
+def _serve_output(redis_url: str, demo: bool, **env: str) -> str:
+    """Start ``serve`` until it says it is up, stop it with SIGTERM, and return what it printed."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AFTERTALK_")}
+    args = ["serve", "--port", str(free_port()), "--redis-url", redis_url, *(["--demo"] if demo else [])]
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**base, "AFTERTALK_SECRET": SECRET, "AFTERTALK_SCREENING_WORKERS": "0", **env})
+    lines = []
+    try:
+        for line in proc.stdout or ():
+            lines.append(line)
+            if "Application startup complete" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return "".join(lines) + rest
+
+
+def test_serve_in_production_warns_when_no_origin_allow_list_is_set(redis_server):
+    warning = "AFTERTALK_ALLOWED_ORIGINS is empty"
+    out = _serve_output(redis_server.url, demo=False)
+    assert warning in out and "Host header" in out, out
+    out = _serve_output(redis_server.url, demo=False, AFTERTALK_ALLOWED_ORIGINS="https://chat.example.org")
+    assert warning not in out and "Application startup complete" in out, out
+    out = _serve_output(redis_server.url, demo=True)
+    assert warning not in out and "Application startup complete" in out, out
