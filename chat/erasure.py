@@ -1,20 +1,41 @@
 """Erasure ("delete my data"): a user's words and name leave Redis for good.
 
-Order matters, so that a crash part-way can simply be retried:
-1. SADD the user to ``keys.erased`` first: the gateway refuses their tokens from now on.
-2. Per conversation in ``keys.user_history(uid)``, one script rebuilds the log without the
-   user's text and name (see ``chat/lua/erase.lua``; seqs and the peer's messages are kept)
-   and marks the user erased in the conversation (append refuses them there from then on).
-3. Delete the user's control-plane data; the history set goes last (it is the work list).
-   The caller takes the user out of matching before (``aftertalk erase-user`` runs the matcher's
-   ``forget`` script: requests and offers withdrawn, out of the match indexes).
-4. Ask Redis to rewrite its AOF, so the original XADDs leave the disk as well.
+Order matters, so that a crash part-way can simply be retried (``aftertalk erase-user``):
+1. :func:`mark_erased`: the tombstone ``keys.erasures`` (uid -> erased-at, Redis clock) is written, then
+   an ``erased`` control frame is published on the user's channel: every gateway closes that user's
+   live connections (4401 "this account was erased").  From then on a token issued no later than
+   the erasure is refused at hello, and the matcher's request and availability scripts refuse a
+   session signed in with one (a session that raced the close cannot queue or become available).
+   A token issued *after* the erasure starts afresh (a returning user).
+2. The caller takes the user out of matching (``MatchStore.forget``: their request dropped, their
+   pending offers withdrawn, out of the match indexes).
+3. Per conversation in ``keys.user_history(uid)``, one script rebuilds the log without the user's
+   text and name (see ``chat/lua/erase.lua``; seqs and the peer's messages are kept) and marks the
+   user erased in the conversation (append refuses them there from then on); flags quoting them
+   lose the quote; the matcher's record of the conversation names them "Deleted user".
+4. Delete the user's control-plane data; the history set goes last (it is the work list).
+5. Ask Redis to rewrite its AOF, so the original XADDs leave the disk as well.
+
+What is removed: the user's profile and availability (``sv:``), their offers, request and its "not
+again" list, their talk-now counters, their blocks, their lists of open conversations, of past
+conversations and of peers talked with, their place in the relax, away and cool-down sets, their
+message texts and names in every log, their client ids (the idempotency map of each log), flag
+excerpts quoting them. Their live connections' presence entries go as the gateways close them. What
+is KEPT, with the user's id (a pseudonymous token subject) but none of their words or name: the
+tombstone (``keys.erasures``); in each of their conversations until retention purges it, the
+participants' ids (the matcher's record ``cv:``, the log's meta with its ``erased:<uid>`` marker,
+and the ``from`` of their emptied entries, so the peer's transcript keeps its shape); other users'
+safety lists that name them (another user's blocks, a patient's peers and declined lists: they must
+still never be matched again); the flags on their messages or raised by them (ids of author and
+reporter, category, seq, status; no excerpt or reason); and the moderation audit log.
+tests/integration/test_retention_erasure.py checks this list against a scan of every key.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 
+import orjson
 from redis.exceptions import ResponseError
 
 from chat.flags import forget_author
@@ -25,17 +46,35 @@ from core.redis_client import RedisClient
 log = logging.getLogger(__name__)
 
 
-async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str, *,
+ERASED_REASON = "this account was erased"
+
+
+async def mark_erased(redis: RedisClient, keys: Keys, uid: str) -> float:
+    """Step 1: write the tombstone (Redis's clock), then close every live session of ``uid`` on every
+    gateway (an ``erased`` control frame on the user's channel; see ``gateway.hub``).  Returns the time."""
+    sec, usec = await redis.time()
+    at = int(sec) + int(usec) / 1e6
+    await redis.hset(keys.erasures, uid, repr(at))
+    await redis.publish(keys.user_channel(uid), orjson.dumps({"type": "erased", "at": at}))
+    return at
+
+
+async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str, *, mark: bool = True,
                      compact_aof: bool = True, aof_wait_s: float = 60.0) -> int:
-    """Erase ``uid``'s messages from every conversation they were in; return how many were erased."""
-    await redis.sadd(keys.erased, uid)
+    """Erase ``uid``'s messages from every conversation they were in; return how many were erased.
+    ``mark=False``: the caller ran :func:`mark_erased` already (``aftertalk erase-user`` does, before
+    taking the user out of matching)."""
+    if mark:
+        await mark_erased(redis, keys, uid)
     erased = 0
     for raw in await redis.smembers(keys.user_history(uid)):
         cid = raw.decode() if isinstance(raw, bytes) else raw
         erased += await store.erase_sender(cid, uid)
         await forget_author(redis, keys, cid, uid)     # flag excerpts quote the user's words too
         await forget_name(redis, keys, cid, uid)       # the matcher's record names both participants
+    hour = int((await redis.time())[0]) // 3600      # talk-now counters live 3,700 s: this hour's and the last
     async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.request_count(uid, hour), keys.request_count(uid, hour - 1))
         pipe.delete(keys.survivor(uid), keys.request(uid), keys.blocks(uid), keys.user_convs(uid), keys.peers(uid),
                     keys.survivor_offers(uid), keys.request_declined(uid))
         for zset in (keys.relax, keys.away, keys.cooldowns):

@@ -361,4 +361,5 @@ class ChatStore:
 
         Returns how many of the user's entries were rewritten.  Used by :func:`chat.erasure.erase_user`."""
         k = self.keys
-        return int(await self.scripts.run("erase", [k.conv_meta(cid), k.conv_log(cid)], [uid, DELETED_NAME]))
+        return int(await self.scripts.run("erase", [k.conv_meta(cid), k.conv_log(cid), k.conv_client_ids(cid)],
+                                          [uid, DELETED_NAME]))

@@ -97,8 +97,12 @@ class Keys:
         return f"{self.ctl}ended"
 
     @property
-    def erased(self) -> str:                      # set of erased user ids
-        return f"{self.ctl}erased"
+    def erasures(self) -> str:                    # hash uid -> erased at (epoch s, Redis clock): the erasure
+        return f"{self.ctl}erased-at"             # tombstone; only tokens issued later (iat) sign in again
+
+    @property
+    def erased_before_tombstones(self) -> str:    # set of user ids erased before tombstones had a time:
+        return f"{self.ctl}erased"                # read only, every token of theirs stays refused
 
     # ---- the matcher's own bookkeeping (matcher/lua) -------------------------------
     def request_declined(self, uid: str) -> str:  # set: survivors this request is never offered again

@@ -20,6 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from chat.erasure import ERASED_REASON
 from core.errors import CloseCode, ErrorCode, ServiceError, Unauthorized
 from gateway import metrics
 from gateway.auth import Identity, display_name, issue_token, verify_token
@@ -157,8 +158,8 @@ class Edge:
         except WebSocketDisconnect:
             return
         try:
-            if await service.match.is_erased(user.id):
-                await ws.close(CloseCode.UNAUTHORIZED, "this account was erased")
+            if await service.match.is_erased(user.id, user.iat):
+                await ws.close(CloseCode.UNAUTHORIZED, ERASED_REASON)
                 return
             if await service.match.is_suspended(user.id):
                 await ws.close(CloseCode.SUSPENDED, "suspended by a moderator")
@@ -177,6 +178,12 @@ class Edge:
                 self._error(conn, exc, "hello")
                 conn.close(CloseCode.TRY_AGAIN, "the service store is unreachable; reconnect shortly")
                 return
+            # an erasure between the check above and the user channel's subscription published its
+            # close before this gateway listened: look again now that the channel is confirmed
+            with contextlib.suppress(Exception):
+                if await service.match.is_erased(user.id, user.iat):
+                    conn.close(CloseCode.UNAUTHORIZED, ERASED_REASON)
+                    return
             await self._loop(ws, conn)
         finally:
             metrics.CONNECTIONS.labels(user.role).dec()

@@ -3,7 +3,9 @@
 The accepted algorithms come from configuration and are passed to PyJWT
 explicitly, so a token's own header can never choose ``none`` or an
 asymmetric algorithm.  ``exp``, ``sub``, ``role`` and ``name`` are required;
-``aud`` and ``iss`` are checked when configured.  The ``name`` is cleaned
+``aud`` and ``iss`` are checked when configured.  ``iat`` (issued at) is optional but
+:func:`issue_token` always sets it: after an erasure only a token issued later opens a
+session for that user (a token without ``iat`` counts as older than any erasure).  The ``name`` is cleaned
 (:func:`display_name`) before anyone sees it.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Identity:
     role: str
     name: str
     exp: float
+    iat: float | None = None     # when the token was issued (None: no ``iat``, treated as older than any erasure)
 
     def public(self) -> dict[str, str]:
         return {"id": self.id, "role": self.role, "name": self.name}
@@ -84,4 +87,6 @@ def verify_token(token: object, secret: str, *, algorithms: tuple[str, ...] = ("
     shown = display_name(name) if isinstance(name, str) else ""
     if not shown:
         raise Unauthorized("invalid token: bad name")
-    return Identity(id=sub, role=role, name=shown, exp=float(claims["exp"]))
+    iat = claims.get("iat")
+    issued = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
+    return Identity(id=sub, role=role, name=shown, exp=float(claims["exp"]), iat=issued)

@@ -173,14 +173,16 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
     keys = Keys(settings.key_prefix)
     try:
         if args.command == "erase-user":
-            from chat.erasure import erase_user
+            from chat.erasure import erase_user, mark_erased
             from chat.store import ChatStore
             from matcher.store import MatcherConfig, MatchStore
 
-            # out of matching first (requests and offers withdrawn, unindexed): a survivor whose record
+            # tombstone first, and every live session closed: nothing new is written while the data goes
+            await mark_erased(redis, keys, args.user_id)
+            # then out of matching (requests and offers withdrawn, unindexed): a survivor whose record
             # erasure deletes must not be left in the match indexes for the next talk-now to find
             await MatchStore(redis, keys, MatcherConfig()).forget(args.user_id)
-            count = await erase_user(redis, keys, ChatStore(redis, keys), args.user_id)
+            count = await erase_user(redis, keys, ChatStore(redis, keys), args.user_id, mark=False)
             print(f"erased user {args.user_id}: {count} messages")
         elif args.command == "export-labels":
             from chat.labels import export_labels

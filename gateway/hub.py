@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from chat.erasure import ERASED_REASON
 from chat.store import ChatStore, decode_live, message_frame
 from core.errors import CloseCode
 from core.keys import Keys
@@ -314,6 +315,12 @@ class Hub:
         """A JSON frame from a matcher or moderation script: note what changes local state, forward it."""
         frame = orjson.loads(data)
         kind = frame.get("type")
+        if kind == "erased":      # chat.erasure.mark_erased: sessions signed in before the erasure end
+            at = float(frame.get("at") or 0)
+            for conn in list(conns):
+                if conn.user.iat is None or conn.user.iat <= at:
+                    conn.close(CloseCode.UNAUTHORIZED, ERASED_REASON)
+            return
         text = data.decode()
         for conn in list(conns):
             if kind == "matched":

@@ -244,7 +244,7 @@ class Service:
             profile = parse_profile(stored["profile"], self.vocabulary)
         state, created = await self.match.set_availability(
             user.id, user.name, available=frame["available"], profile=profile, max_chats=max_chats,
-            auto_accept=bool(frame.get("auto_accept")))
+            auto_accept=bool(frame.get("auto_accept")), issued_at=user.iat)
         await self.conversations.open_created(created)
         self.hub.send_user(user.id, {"type": "availability", "available": state["available"],
                                      "max_chats": state["max_chats"], "auto_accept": state["auto_accept"],
@@ -261,7 +261,8 @@ class Service:
         conn.position = None     # so the hub forwards the reply even when joining at an unchanged position
         _, created = await self.match.talk_now(conn.user.id, conn.user.name, profile,
                                                prefer_same_diagnosis_s=hold,
-                                               known_conversations=list(conn.delivered))
+                                               known_conversations=list(conn.delivered),
+                                               issued_at=conn.user.iat)
         await self.conversations.open_created(created)
 
     async def on_cancel(self, conn: Conn, frame: dict[str, Any]) -> None:

@@ -26,6 +26,10 @@ SCRIPTS = ("availability.lua", "request.lua", "cancel.lua", "respond.lua", "pres
            "tick.lua", "end.lua", "suspend.lua", "forget.lua")
 
 
+def _iat(issued_at: float | None) -> str:
+    return "" if issued_at is None else repr(float(issued_at))
+
+
 @dataclass(frozen=True, slots=True)
 class Created:
     """A conversation a matcher call created."""
@@ -78,16 +82,21 @@ class MatchStore:
                 orjson.dumps(j["languages"]).decode())
 
     async def set_availability(self, sid: str, name: str, *, available: bool, profile: Profile,
-                               max_chats: int, auto_accept: bool) -> tuple[dict[str, Any], list[Created]]:
+                               max_chats: int, auto_accept: bool,
+                               issued_at: float | None = None) -> tuple[dict[str, Any], list[Created]]:
+        """``issued_at``: the asking session's token ``iat``; refused (forbidden) if the survivor was erased
+        since (a session without one counts as older than any erasure)."""
         return await self._run("availability", sid, name, int(available), max_chats, int(auto_accept),
-                               *self._lists(profile))
+                               *self._lists(profile), _iat(issued_at))
 
     async def talk_now(self, pid: str, name: str, profile: Profile, *, prefer_same_diagnosis_s: float = 0,
-                       known_conversations: list[str] | None = None) -> tuple[dict[str, Any], list[Created]]:
-        """``known_conversations``: what the asking connection has been told of (see request.lua)."""
+                       known_conversations: list[str] | None = None,
+                       issued_at: float | None = None) -> tuple[dict[str, Any], list[Created]]:
+        """``known_conversations``: what the asking connection has been told of (see request.lua);
+        ``issued_at``: its token's ``iat``, refused (forbidden) if the patient was erased since."""
         known = "" if known_conversations is None else orjson.dumps(list(known_conversations)).decode()
         return await self._run("request", pid, name, *self._lists(profile), prefer_same_diagnosis_s,
-                               self.config.offers_per_patient_hour, known)
+                               self.config.offers_per_patient_hour, known, _iat(issued_at))
 
     async def cancel(self, pid: str) -> tuple[dict[str, Any], list[Created]]:
         return await self._run("cancel", pid)
@@ -219,8 +228,18 @@ class MatchStore:
         """Ids of a user's open conversations, sorted."""
         return sorted(await self.redis.smembers(self.keys.user_convs(uid)))
 
-    async def is_erased(self, uid: str) -> bool:
-        return bool(await self.redis.sismember(self.keys.erased, uid))
+    async def erased_at(self, uid: str) -> float | None:
+        """When ``uid`` was erased (the tombstone, Redis clock), or None."""
+        raw = await self.redis.hget(self.keys.erasures, uid)
+        if raw is None and await self.redis.sismember(self.keys.erased_before_tombstones, uid):
+            return float("inf")         # erased by an earlier version, with no time: no token is later
+        return None if raw is None else float(raw)
+
+    async def is_erased(self, uid: str, issued_at: float | None = None) -> bool:
+        """Whether a session whose token was issued at ``issued_at`` (its ``iat``; None = unknown, as
+        old) belongs to an erased user: only a token issued after the erasure starts afresh."""
+        at = await self.erased_at(uid)
+        return at is not None and (issued_at is None or issued_at <= at)
 
     async def stats(self) -> dict[str, str]:
         """The matcher's counters and wait average (``keys.stats``), for /metrics."""

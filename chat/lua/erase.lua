@@ -1,12 +1,13 @@
 -- erase.lua: remove one user's words and name from one conversation's log, for good.
--- KEYS[1] meta hash  KEYS[2] log stream   (one {c:ID} slot)
+-- KEYS[1] meta hash  KEYS[2] log stream  KEYS[3] client-id hash   (one {c:ID} slot)
 -- ARGV[1] user id  ARGV[2] replacement display name ("Deleted user")
 -- Stream entries cannot be edited, and XDEL only marks entries deleted inside the node, which keeps
 -- the bytes in memory, in RDB/DUMP and in an RDB-preamble AOF.  So the log is rebuilt: read every
 -- entry, DEL the stream, and XADD every entry again with its own id "<seq>-1", the user's entries
 -- with text "" , no "shown" and the replacement name.  Seqs, order and the peer's entries are kept.
 -- The meta hash gets "erased:<uid>" = time (append refuses that sender from then on), the user's
--- name field becomes the replacement and their feedback comment is removed.
+-- name field becomes the replacement and their feedback comment is removed.  Their client ids leave
+-- the client-id hash (append refuses them anyway, so no retry needs them).
 -- Returns the number of the user's entries that were rewritten (0 on a second run).
 local uid, deleted = ARGV[1], ARGV[2]
 local m = redis.call('HMGET', KEYS[1], 'patient', 'survivor')
@@ -20,6 +21,11 @@ if m[1] or m[2] then
       redis.call('HDEL', KEYS[1], role .. '_comment')
     end
   end
+end
+
+local mine = #uid .. ':' .. uid .. ':'      -- the client-id hash's fields: "<len(sender)>:<sender>:<client id>"
+for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
+  if string.sub(field, 1, #mine) == mine then redis.call('HDEL', KEYS[3], field) end
 end
 
 local entries = redis.call('XRANGE', KEYS[2], '-', '+')

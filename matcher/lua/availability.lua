@@ -3,10 +3,13 @@
 -- KEYS[1] control-plane stats key (see lib.lua)        ARGV[1..4] see lib.lua
 -- ARGV[5] survivor id  ARGV[6] display name  ARGV[7] "1" available / "0" not  ARGV[8] max_chats
 -- ARGV[9] "1" auto-accept  ARGV[10] diagnoses JSON list  ARGV[11] side effects JSON list  ARGV[12] languages JSON list
+-- ARGV[13] when the asking session's token was issued (epoch s; "" = unknown)
 -- Returns JSON {available, max_chats, auto_accept, active, pending, online, created?}.
--- Refuses: suspended (when asking to become available).
+-- Refuses: forbidden when the survivor was erased after that token was issued (nothing is written);
+-- suspended (when asking to become available).
 local sid, avail = ARGV[5], ARGV[7]
 local key = KEY.survivor(sid)
+if erased_session(sid, ARGV[13]) then return refuse('forbidden', 'This account was erased.') end
 if avail == '1' and is_suspended(sid) then return refuse('suspended', 'Your account is suspended.') end
 local old = hgetall(key)
 if old then old.id = sid; unindex(old) end

@@ -61,6 +61,15 @@ local function is_suspended(uid)
   return untl == 0 or untl > NOW
 end
 
+-- erased and signed in with a token issued no later than the erasure (iat "" = unknown: as old)
+local function erased_session(uid, iat)
+  if redis.call('SISMEMBER', KEY.erased_before_tombstones, uid) == 1 then return true end
+  local at = redis.call('HGET', KEY.erasures, uid)
+  if not at then return false end
+  iat = tonumber(iat)
+  return iat == nil or iat <= tonumber(at)
+end
+
 local function online(uid)
   return redis.call('SCARD', KEY.user_conns(uid)) > 0
 end

@@ -5,13 +5,15 @@
 -- ARGV[9] languages JSON  ARGV[10] prefer_same_diagnosis_s (0 = offer the best peer at once)
 -- ARGV[11] max requests per patient per hour
 -- ARGV[12] optional JSON list of the conversation ids the asking connection already knows
+-- ARGV[13] when the asking session's token was issued (epoch s; "" = unknown)
 -- Returns JSON {state: "queued"|"offered"|"matched", joined: bool, created?}.
--- Refuses: suspended; rate_limited (too many requests this hour); already_matched when the patient
+-- Refuses: forbidden when the patient was erased after that token was issued; suspended; rate_limited (too many requests this hour); already_matched when the patient
 -- has an open conversation the asking connection has not heard of yet: a second tab pressed
 -- talk-now while the first tab's request was being matched, so it joins that match (its
 -- "matched" frame is on the way) instead of starting a second request.
 local pid = ARGV[5]
 local key = KEY.request(pid)
+if erased_session(pid, ARGV[13]) then return refuse('forbidden', 'This account was erased.') end
 if is_suspended(pid) then return refuse('suspended', 'Your account is suspended.') end
 local existing = hgetall(key)
 if existing then

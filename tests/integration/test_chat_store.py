@@ -422,7 +422,7 @@ async def test_erasure_removes_one_users_words_everywhere_and_keeps_the_peers(
         assert exc.value.code == ErrorCode.FORBIDDEN
         assert (await send(store, a, S, "still here")).seq == 6           # the peer can
 
-        assert await redis.sismember(keys.erased, P)
+        assert await redis.hexists(keys.erasures, P)
         for k in (keys.survivor(P), keys.request(P), keys.blocks(P), keys.user_convs(P), keys.user_history(P)):
             assert not await redis.exists(k), k
 

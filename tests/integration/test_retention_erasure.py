@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from chat.retention import purge_expired
@@ -107,12 +109,11 @@ async def test_erase_user_cli_removes_their_words_and_name_and_refuses_their_tok
     history = (await pair.survivor.expect("history"))["messages"]
     from_them = [m for m in history if m["from"]["role"] == "patient"]
     assert from_them and all(m["from"]["name"] == DELETED and m["text"] == "" for m in from_them)
-    # their token no longer opens a session, on any gateway; a session already open can no longer send
+    # the session that was open is closed; their token no longer opens a session, on any gateway
+    assert await pair.patient.closed(5) == (4401, "this account was erased")
     for g in (g1, g2):
         code, _ = await refused_at_hello(g.ws_url, pair.patient_token)
         assert code == 4401
-    await pair.patient.send(send_frame(pair.cid, "after-erasure", "am I still here?"))
-    assert (await pair.patient.expect("error", client_id="after-erasure"))["code"] == "forbidden"
     # the AOF was rewritten, so the words are gone from the disk as well
     await wait_for_aof_rewrite(redis)
     aof = b"".join(p.read_bytes() for p in Path(redis_server.dir).rglob("*.aof*") if p.is_file())
@@ -178,3 +179,186 @@ async def test_erasing_an_available_survivor_takes_them_out_of_matching(gateways
     assert patient.of_type("error") == [] and patient.of_type("matched") == []
     assert not await redis.exists(Keys(prefix).survivor(survivor_id))
     await patient.close()
+
+
+# ---- erasure of a connected user (issue 11) ---------------------------------------------------
+
+async def erase_via_cli(redis_server, prefix: str, uid: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AFTERTALK_KEY_PREFIX": prefix}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway.cli", "erase-user", uid, "--redis-url", redis_server.url],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+async def token_issued_after_erasure(redis, prefix: str, role: str, uid: str, name: str) -> str:
+    """A fresh token whose ``iat`` (whole seconds) is later than the erasure tombstone."""
+    at = float(await redis.hget(Keys(prefix).erasures, uid))
+    while time.time() < int(at) + 1:
+        await asyncio.sleep(0.05)
+    return token(role, uid, name)
+
+
+async def test_erasure_closes_every_live_session_and_only_a_later_token_signs_in_again(gateways, redis,
+                                                                                      redis_server, prefix):
+    g1, g2 = gateways(2)
+    pair = await match_pair(g1.ws_url, g2.ws_url, patient_name="Priya")
+    await chat_a_little(pair, 1)
+    second = await Client.connect(g2.ws_url, pair.patient_token)      # the same user on the other gateway
+    await erase_via_cli(redis_server, prefix, pair.patient_id)
+    for client in (pair.patient, second):
+        assert await client.closed(5) == (4401, "this account was erased")
+    assert not pair.survivor.ws.close_code                              # the peer stays connected
+    # the old token is refused on every gateway
+    for g in (g1, g2):
+        assert await refused_at_hello(g.ws_url, pair.patient_token) == (4401, "this account was erased")
+    # a token without iat counts as old
+    import jwt
+
+    from support.gateway import SECRET
+    no_iat = jwt.encode({"sub": pair.patient_id, "role": "patient", "name": "Priya",
+                         "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
+    assert await refused_at_hello(g1.ws_url, no_iat) == (4401, "this account was erased")
+    # a token issued after the erasure starts afresh: no conversations, no request
+    fresh = await token_issued_after_erasure(redis, prefix, "patient", pair.patient_id, "Priya")
+    back = await Client.connect(g1.ws_url, fresh)
+    assert back.welcome is not None and back.welcome["conversations"] == [] and "request" not in back.welcome
+    await back.send({"type": "talk_now", "profile": PROFILE})
+    await back.expect("queued")
+    await asyncio.sleep(0.3)
+    assert not back.ws.close_code
+    await back.close()
+
+
+def mentions(key: str, uid: str, prefix: str, cids: set[str]) -> str:
+    """Where in the key space a mention of ``uid`` was found, with ids replaced by placeholders."""
+    k = key.removeprefix(f"{prefix}:")
+    k = k.replace(uid, "<uid>")
+    for cid in cids:
+        k = k.replace(cid, "<cid>")
+    return re.sub(r"^\{ctl\}:peers:(?!<uid>)[^:]+$", "{ctl}:peers:<other>", k)
+
+
+async def where_mentioned(redis, prefix: str, uid: str, cids: set[str]) -> set[str]:
+    """Every place (key, and the field holding the id) under the prefix where ``uid`` appears."""
+    found: set[str] = set()
+    async for key in redis.scan_iter(match=f"{prefix}:*", count=500):
+        name = mentions(key, uid, prefix, cids)
+        if uid in key:
+            found.add(f"key {name}")
+        kind = await redis.type(key)
+        if kind == "string":
+            if uid in (await redis.get(key) or ""):
+                found.add(f"{name} value")
+        elif kind == "hash":
+            for f, v in (await redis.hgetall(key)).items():
+                if uid in f or uid in v:
+                    found.add(f"{name} field {f.replace(uid, '<uid>')}")
+        elif kind in ("set", "zset", "list"):
+            members = (await redis.smembers(key) if kind == "set" else await redis.zrange(key, 0, -1)
+                       if kind == "zset" else await redis.lrange(key, 0, -1))
+            if any(uid in m for m in members):
+                found.add(f"{name} member")
+        elif kind == "stream":
+            for _, fields in await redis.xrange(key):
+                for f, v in fields.items():
+                    if uid in f or uid in v:
+                        found.add(f"{name} entry field {f}")
+    return found
+
+
+# Where an erased user's id may still appear (chat/erasure.py's docstring, docs/protocol.md "Erasure"):
+KEPT = {
+    "{ctl}:erased-at field <uid>",                       # the tombstone
+    "{ctl}:cv:<cid> field patient", "{ctl}:cv:<cid> field survivor",   # the matcher's record, until retention
+    "{c:<cid>}:meta field patient", "{c:<cid>}:meta field survivor",  # the log's participants
+    "{c:<cid>}:meta field erased:<uid>",                 # append refuses them there
+    "{c:<cid>}:log entry field from",                    # their emptied entries keep the seq and sender id
+    "{ctl}:peers:<other> member",                        # another patient's "talked with" list
+}
+
+
+async def test_erasing_a_connected_user_leaves_only_the_documented_traces(gateways, redis, redis_server, prefix):
+    g1, g2 = gateways(2)
+    uid = f"both-{prefix}"
+    # as a survivor: available, matched with a patient, chatting
+    as_survivor = await match_pair(g2.ws_url, g1.ws_url, survivor_id=uid, survivor_name="Uma")
+    await chat_a_little(as_survivor, 2)
+    # as a patient (same subject, another role): matched with another survivor, chatting
+    as_patient_tok = token("patient", uid, "Uma")
+    other = f"sur-other-{prefix}"
+    other_client = await Client.connect(g2.ws_url, token("survivor", other, "Olga"))
+    await other_client.send({"type": "availability", "available": True, "profile": PROFILE, "max_chats": 1})
+    await other_client.expect("availability")
+    patient = await Client.connect(g1.ws_url, as_patient_tok)
+    await patient.send({"type": "talk_now", "profile": PROFILE})
+    offer = await other_client.expect("offer")
+    await other_client.send({"type": "accept", "offer_id": offer["offer_id"]})
+    matched = await patient.expect("matched")
+    cid2 = matched["conversation_id"]
+    await patient.send(send_frame(cid2, "u1", "words of the patient side"))
+    await patient.expect("ack", client_id="u1")
+    # and a waiting request: everyone who could take it is busy
+    await patient.send({"type": "talk_now", "profile": PROFILE})
+    await patient.expect("queued")
+    k = Keys(prefix)
+    for key in (k.peers(uid), k.user_history(uid), k.user_convs(uid), k.request(uid), k.survivor(uid)):
+        assert await redis.exists(key), key
+
+    await erase_via_cli(redis_server, prefix, uid)
+    for client in (as_survivor.survivor, patient):
+        assert await client.closed(5) == (4401, "this account was erased")
+    # a session that raced the close (signed in with a token from before the erasure) can write nothing
+    from chat.store import ChatStore
+    from core.errors import ErrorCode, ServiceError
+    from gateway.auth import verify_token
+    from matcher.profile import parse_profile
+    from matcher.store import MatcherConfig, MatchStore
+    from matcher.vocabulary import load_vocabulary
+    from support.gateway import SECRET
+
+    old_iat = verify_token(as_patient_tok, SECRET).iat
+    match = MatchStore(redis, k, MatcherConfig())
+    profile = parse_profile(PROFILE, load_vocabulary())
+    for attempt in (match.talk_now(uid, "Uma", profile, issued_at=old_iat),
+                    match.talk_now(uid, "Uma", profile),
+                    match.set_availability(uid, "Uma", available=True, profile=profile, max_chats=1,
+                                           auto_accept=False, issued_at=old_iat)):
+        try:
+            await attempt
+        except ServiceError as exc:
+            assert exc.code == ErrorCode.FORBIDDEN
+        else:
+            raise AssertionError("an erased session's matcher call went through")
+    try:
+        await ChatStore(redis, k).append(cid2, sender_id=uid, name="Uma", role="patient", client_id="late",
+                                         text="after erasure", shown="")
+    except ServiceError as exc:
+        assert exc.code == ErrorCode.FORBIDDEN
+    else:
+        raise AssertionError("an erased sender's append went through")
+    cids = {as_survivor.cid, cid2}
+
+    async def settled() -> bool:        # the closed sessions' presence is cleared by their gateways
+        return await where_mentioned(redis, prefix, uid, cids) <= KEPT
+
+    try:
+        await wait_for_async(settled, 10, "only the documented traces")
+    except AssertionError:
+        extra = sorted(await where_mentioned(redis, prefix, uid, cids) - KEPT)
+        raise AssertionError(f"undocumented traces: {extra}") from None
+    for key in (k.peers(uid), k.user_history(uid), k.user_convs(uid), k.request(uid), k.survivor(uid),
+                k.user_conns(uid), k.blocks(uid), k.survivor_offers(uid), k.request_declined(uid)):
+        assert not await redis.exists(key), key
+    leftovers = await everything_under(redis, prefix)
+    assert "words of the patient side" not in leftovers and "Uma" not in leftovers
+
+
+async def test_a_user_erased_by_an_earlier_version_stays_refused(gateways, redis, prefix):
+    """Before tombstones had a time, erasure added the id to a plain set: every token stays refused."""
+    (g,) = gateways(1)
+    uid = f"old-{prefix}"
+    await redis.sadd(Keys(prefix).erased_before_tombstones, uid)
+    code, reason = await refused_at_hello(g.ws_url, token("patient", uid, "Old"))
+    assert (code, reason) == (4401, "this account was erased")
