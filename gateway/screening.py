@@ -33,6 +33,7 @@ import time
 
 from chat.crisis import parse_crisis_lines
 from chat.flags import FlagStore
+from chat.moderation import RuleSet
 from chat.screening.policy import Thresholds
 from chat.screening.queue import ScreenQueue
 from chat.screening.scorer import Scorer
@@ -64,7 +65,9 @@ async def run_worker(settings: Settings, scorer: Scorer, stop: asyncio.Event) ->
         queue=ScreenQueue(redis, keys), chat=ChatStore(redis, keys), flags=FlagStore(redis, keys), scorer=scorer,
         thresholds=thresholds(settings), crisis_lines=parse_crisis_lines(settings.crisis_lines), redis=redis,
         keys=keys, config=WorkerConfig(consumer=consumer, batch=settings.screening_batch,
-                                       claim_idle_s=settings.screening_claim_idle_s))
+                                       claim_idle_s=settings.screening_claim_idle_s),
+        rule_severity={name: c.severity for name, c in RuleSet.load(settings.moderation_rules_path or None)
+                       .categories.items()})
     task = asyncio.create_task(worker.run())
     try:
         await stop.wait()

@@ -7,7 +7,10 @@ processes on any machines, share one consumer group; a dead worker's batch is cl
 after ``claim_idle_s`` and scored again.  That is safe because every effect is idempotent:
 
 * a flag's id is derived from (conversation, seq, category), so raising it twice creates it once,
-  and a rule flag and a model flag of the same category on one message are the same flag;
+  and a rule flag and a model flag of the same category on one message are the same flag.  The
+  categories the rules found (stored with the message) are raised here as the rules' flags, so
+  they say "rules" whichever of the gateway and the worker comes first, and survive a gateway
+  that died right after the ack; the model adds only the categories the rules did not find;
 * the crisis ``resources`` frame goes to the author *before* the flag is raised (a crash in
   between sends it twice, never zero times), and only when the rules did not flag crisis on that
   message already (the gateway sent resources then).
@@ -20,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
 from chat.crisis import CrisisLine, resources_frame
-from chat.flags import SOURCE_MODEL, FlagStore
-from chat.screening.policy import CRISIS, Thresholds, decide
+from chat.flags import SOURCE_MODEL, SOURCE_RULES, FlagStore
+from chat.screening.policy import CRISIS, REVIEW, Thresholds, decide
 from chat.screening.queue import QueuedMessage, ScreenQueue
 from chat.store import ChatStore, StoredMessage
 from core.keys import Keys
@@ -54,7 +57,8 @@ class WorkerConfig:
 class ScreeningWorker:
     def __init__(self, *, queue: ScreenQueue, chat: ChatStore, flags: FlagStore, scorer: Scorer,
                  thresholds: Thresholds, crisis_lines: tuple[CrisisLine, ...], redis: Any, keys: Keys,
-                 config: WorkerConfig, on_scored: Callable[[int, float], None] | None = None) -> None:
+                 config: WorkerConfig, rule_severity: Mapping[str, str],
+                 on_scored: Callable[[int, float], None] | None = None) -> None:
         self.queue = queue
         self.chat = chat
         self.flags = flags
@@ -64,6 +68,7 @@ class ScreeningWorker:
         self.redis = redis
         self.keys = keys
         self.config = config
+        self.rule_severity = rule_severity   # category -> severity, as the phrase rules raise it
         self.on_scored = on_scored        # (messages, seconds) after each scored batch: metrics
         self._stopping = False
         self._claimed_at = 0.0
@@ -116,11 +121,18 @@ class ScreeningWorker:
         if self.on_scored is not None:
             self.on_scored(len(todo), time.perf_counter() - started)
         for (entry, message), message_scores in zip(todo, scores, strict=True):
-            hits = decide(message_scores, self.thresholds)
+            cid = entry.conversation_id
+            ruled = [c for c in message.flags.split(",") if c]      # what the rules found at append time
+            hits = [h for h in decide(message_scores, self.thresholds)
+                    if h.category not in ruled and not (h.category == REVIEW and CRISIS in ruled)]
+            if ruled:
+                # the rules' own flags, raised here too: whichever of the gateway and this worker comes
+                # first creates them (same ids), so they are never lost and always say "rules"
+                await self.flags.raise_flags(cid, entry.seq, [(c, self.rule_severity.get(c, "medium")) for c in ruled],
+                                             message.text, author=message.sender_id, source=SOURCE_RULES)
             if not hits:
                 continue
-            cid = entry.conversation_id
-            if any(h.category == CRISIS for h in hits) and CRISIS not in message.flags.split(","):
+            if any(h.category == CRISIS for h in hits):      # not when the rules flagged crisis: sent already
                 frame = resources_frame(cid, self.crisis_lines)
                 await self.redis.publish(self.keys.user_channel(message.sender_id), orjson.dumps(frame))
             await self.flags.raise_flags(cid, entry.seq, [(h.category, h.severity) for h in hits], message.text,

@@ -99,3 +99,23 @@ async def test_idle_consumers_without_pending_entries_are_forgotten_and_busy_one
     names = {c["name"] for c in await redis.xinfo_consumers(keys.screen_queue, GROUP)}
     assert names == {"dead-worker"}                          # its entry keeps an owner until it is claimed
     await redis.aclose()
+
+
+async def test_a_rule_flag_lost_with_its_gateway_is_raised_by_the_worker(redis_server, prefix, moderators):
+    """The gateway acknowledged a message the rules flagged and died before raising the flag: the
+    categories stored with the message are raised by the worker, as the rules' flags."""
+    redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    keys = Keys(prefix)
+    chat = ChatStore(redis, keys, screening=True)
+    await chat.open("c1", epoch="e1", patient=("p1", "Pat"), survivor=("s1", "Sam"))
+    await chat.append("c1", sender_id="p1", name="Pat", role="patient", client_id="m1",
+                      text="call me on 07700 900123", shown="[contact info removed]", flags="contact_info")
+    moderators(1)
+    deadline = time.monotonic() + 30
+    while not await redis.zcard(keys.flags):
+        assert time.monotonic() < deadline, "no flag raised"
+        await asyncio.sleep(0.1)
+    (fid,) = await redis.zrange(keys.flags, 0, -1)
+    flag = await redis.hgetall(keys.flag(fid))
+    assert (flag["category"], flag["severity"], flag["source"], flag["seq"]) == ("contact_info", "medium", "rules", "1")
+    await redis.aclose()
