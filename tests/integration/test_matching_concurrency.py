@@ -140,8 +140,10 @@ async def test_two_hundred_patients_fifty_survivors_two_gateways(gateways, redis
     progress = asyncio.Event()
     errors: list[dict[str, Any]] = []
 
-    async def end_later(ws: Any, cid: str) -> None:
-        await asyncio.sleep(rng.uniform(0.05, 0.4))
+    async def end_later(ws: Any, cid: str, patient: str) -> None:
+        # a two-tab patient's second talk-now joins the match only while it is open: under a loaded
+        # machine the second tab's frame can take longer than 50 ms, so their chats stay open longer
+        await asyncio.sleep(rng.uniform(0.05, 0.4) + (2.0 if patient in two_tabs else 0.0))
         try:
             await ws.send(orjson.dumps({"type": "end", "conversation_id": cid}).decode())
         except websockets.ConnectionClosed:
@@ -152,7 +154,8 @@ async def test_two_hundred_patients_fifty_survivors_two_gateways(gateways, redis
         if kind == "offer":
             await ws.send(orjson.dumps({"type": "accept", "offer_id": frame["offer_id"]}).decode())
         elif kind == "matched":
-            task = asyncio.get_running_loop().create_task(end_later(ws, frame["conversation_id"]))
+            task = asyncio.get_running_loop().create_task(
+                end_later(ws, frame["conversation_id"], frame["peer"]["name"]))
             pending_ends.add(task)
             task.add_done_callback(pending_ends.discard)
         elif kind == "error" and frame.get("code") != "not_found":     # not_found: offer withdrawn by a cancel
