@@ -229,15 +229,23 @@ async def test_two_hundred_patients_fifty_survivors_two_gateways(gateways, redis
     survivor_of: dict[str, str] = {}
     for p in patients:
         per_conn = [[f for f in frames if f["type"] == "matched"] for frames in p.frames]
-        assert all(len(m) <= 1 for m in per_conn), (p.id, per_conn)
         cids = {m["conversation_id"] for ms in per_conn for m in ms}
-        assert len(cids) <= 1, (p.id, cids)                          # both tabs saw the same match, or none
+        assert all(len({m["conversation_id"] for m in ms}) == len(ms) for ms in per_conn), (p.id, per_conn)
         if p.id in two_tabs:
-            assert all(len(m) == 1 for m in per_conn) or not cids, (p.id, per_conn)
+            # Both tabs press at once.  A tab whose talk-now reaches its gateway after that gateway
+            # has told it of the first tab's match asks for another chat on purpose (request.lua's
+            # known-conversations rule), so a second match is allowed here; every tab hears of
+            # every match of the patient, once.  test_matching.py's
+            # test_a_talk_now_racing_a_match_joins_it_instead_of_starting_another covers the join.
+            assert len(cids) <= 2, (p.id, cids)
+            assert all({m["conversation_id"] for m in ms} == cids for ms in per_conn) or not cids, (p.id, per_conn)
+        else:
+            assert all(len(m) <= 1 for m in per_conn), (p.id, per_conn)
+            assert len(cids) <= 1, (p.id, cids)
         cancelled = any(f["type"] == "cancelled" for frames in p.frames for f in frames)
         assert not (cids and cancelled), p.id
         if p.id in matchable and p.id not in cancellers:
-            assert len(cids) == 1, p.id
+            assert len(cids) == 1 or (p.id in two_tabs and len(cids) == 2), p.id
         for cid in cids:
             assert cid not in patient_of, (cid, p.id, patient_of.get(cid))
             patient_of[cid] = p.id
@@ -255,7 +263,8 @@ async def test_two_hundred_patients_fifty_survivors_two_gateways(gateways, redis
         sid = survivor_of[cid]
         pp, sp = as_profile(by_id[pid].profile), as_profile(by_id[sid].profile)
         assert profiles_fit(pp, sp), (cid, pid, sid)
-        frame = next(f for frames in by_id[pid].frames for f in frames if f["type"] == "matched")
+        frame = next(f for frames in by_id[pid].frames for f in frames
+                     if f["type"] == "matched" and f["conversation_id"] == cid)
         assert {k: sorted(v) for k, v in frame["shared"].items()} == shared(pp, sp)
         assert frame["peer"] == {"name": sid, "role": "survivor"}
         cv = await redis.hgetall(keys.conversation(cid))
