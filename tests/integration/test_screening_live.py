@@ -11,7 +11,7 @@ import httpx
 import pytest
 from test_moderation import moderator, say, start_chat
 
-from support.gateway import GatewayProcess
+from support.gateway import Client, GatewayProcess
 
 # clear cases for the packaged model (far from its thresholds); quality is measured by make eval-safety
 INDIRECT_CRISIS = "I've been saving up my morphine for weeks. Tonight I'm going to take all of it."
@@ -21,9 +21,7 @@ BENIGN = "My scan is on Thursday at 10, I'll tell you how it went."
 async def test_model_flag_reaches_the_moderator_and_the_author_gets_resources(gateways, moderators):
     g1, g2 = gateways(2)
     moderators(1)
-    mod, _ = await moderator(g2.ws_url)
-    await mod.send({"type": "watch_flags"})
-    await mod.expect("flags")
+    mod = await watching_flags(g2.ws_url)
     assert (await mod.expect("screening"))["behind"] is False
     patient, survivor, cid = await start_chat(g1.ws_url, g2.ws_url)
 
@@ -49,9 +47,7 @@ async def test_model_flag_reaches_the_moderator_and_the_author_gets_resources(ga
 async def test_a_rule_hit_and_a_model_hit_are_one_flag_and_one_resources_frame(gateways, moderators):
     g1, g2 = gateways(2)
     moderators(1)
-    mod, _ = await moderator(g1.ws_url)
-    await mod.send({"type": "watch_flags"})
-    await mod.expect("flags")
+    mod = await watching_flags(g1.ws_url)
     patient, survivor, cid = await start_chat(g1.ws_url, g2.ws_url)
     await say(patient, cid, "c1", "I want to end my life, I can't do this any more")
     flag = await mod.expect("flag", timeout=2, category="crisis")
@@ -66,9 +62,7 @@ async def test_a_rule_hit_and_a_model_hit_are_one_flag_and_one_resources_frame(g
 
 async def test_screening_behind_notice_and_backlog_metrics(gateways, moderators):
     (g,) = gateways(1, AFTERTALK_SCREENING_BEHIND_S=1)
-    mod, _ = await moderator(g.ws_url)
-    await mod.send({"type": "watch_flags"})
-    await mod.expect("flags")
+    mod = await watching_flags(g.ws_url)
     patient, survivor, cid = await start_chat(g.ws_url, g.ws_url)
     await say(patient, cid, "c1", BENIGN)                # no worker runs: it waits in the queue
     behind = await mod.expect("screening", timeout=8, behind=True)
@@ -88,9 +82,7 @@ async def test_serve_starts_its_own_worker_and_it_dies_with_serve(redis_server, 
     g.start(wait=False)
     try:
         g.wait_ready(timeout=120)
-        mod, _ = await moderator(g.ws_url)
-        await mod.send({"type": "watch_flags"})
-        await mod.expect("flags")
+        mod = await watching_flags(g.ws_url)
         patient, _survivor, cid = await start_chat(g.ws_url, g.ws_url)
         await say(patient, cid, "c1", INDIRECT_CRISIS)
         assert (await mod.expect("flag", timeout=10, category="crisis"))["source"] == "model"
@@ -118,9 +110,7 @@ async def test_a_worker_that_dies_is_started_again_and_screens(redis_server, pre
         while not [pid for pid in _children(g.proc.pid) if pid != first and _alive(pid)]:
             assert time.monotonic() < deadline, "no new worker"
             await asyncio.sleep(0.2)
-        mod, _ = await moderator(g.ws_url)
-        await mod.send({"type": "watch_flags"})
-        await mod.expect("flags")
+        mod = await watching_flags(g.ws_url)
         patient, _survivor, cid = await start_chat(g.ws_url, g.ws_url)
         await say(patient, cid, "c1", INDIRECT_CRISIS)
         assert (await mod.expect("flag", timeout=60, category="crisis"))["source"] == "model"
@@ -159,6 +149,14 @@ def test_serve_refuses_to_start_when_the_model_cannot_load(redis_server, prefix,
     assert g.proc.wait(120) == 3
     log = g.log_path.read_text()
     assert "screening model failed to load" in log and "could not start" in log
+
+
+async def watching_flags(ws_url: str) -> Client:
+    """A moderator on the flag feed, past its first ``flags`` list."""
+    mod, _ = await moderator(ws_url)
+    await mod.send({"type": "watch_flags"})
+    await mod.expect("flags")
+    return mod
 
 
 def _children(pid: int) -> list[int]:
