@@ -84,7 +84,8 @@ def build(settings: Settings) -> Gateway:
     match = MatchStore(redis, keys, MatcherConfig(
         offer_timeout_s=settings.offer_timeout_s, grace_s=settings.grace_period_s,
         cooldown_s=settings.survivor_cooldown_s, daily_cap=settings.survivor_daily_cap,
-        offers_per_patient_hour=settings.offers_per_patient_hour, presence_ttl_s=settings.presence_ttl_s))
+        offers_per_patient_hour=settings.offers_per_patient_hour, presence_ttl_s=settings.presence_ttl_s,
+        rejoin_window_s=settings.talk_now_rejoin_s))
     chat = ChatStore(redis, keys, screening=settings.screening)
     hub = Hub(redis_bytes, keys, chat)
     conversations = Conversations(match, chat)

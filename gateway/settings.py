@@ -49,6 +49,7 @@ class Settings:
     hello_timeout_s: float = 10.0
     offer_timeout_s: float = 30.0
     grace_period_s: float = 60.0
+    talk_now_rejoin_s: float = 5.0           # a talk-now this soon after the patient's match joins it
     survivor_cooldown_s: float = 0.0
     survivor_daily_cap: int = 20
     max_chats_limit: int = 5
@@ -397,6 +398,7 @@ RULES: dict[str, Rule] = {
     "hello_timeout_s": _SECONDS_ABOVE_0,
     "offer_timeout_s": _SECONDS_ABOVE_0,
     "grace_period_s": _SECONDS_AT_LEAST_0,
+    "talk_now_rejoin_s": _SECONDS_AT_LEAST_0,
     "survivor_cooldown_s": _SECONDS_AT_LEAST_0,
     "survivor_daily_cap": _whole(1),
     "max_chats_limit": _whole(1),

@@ -52,6 +52,7 @@ class MatcherConfig:
     offers_per_patient_hour: int = 30
     presence_ttl_s: float = 15.0
     ewma_default_s: float = 60.0
+    rejoin_window_s: float = 5.0     # a talk-now this soon after a match joins it (request.lua)
 
 
 class MatchStore:
@@ -63,7 +64,7 @@ class MatchStore:
         self._cfg_json = orjson.dumps({
             "offer_timeout_s": config.offer_timeout_s, "grace_s": config.grace_s,
             "cooldown_s": config.cooldown_s, "daily_cap": config.daily_cap,
-            "ewma_default_s": config.ewma_default_s,
+            "ewma_default_s": config.ewma_default_s, "rejoin_window_s": config.rejoin_window_s,
         }).decode()
         self._channel_stem = keys.user_channel("")
 

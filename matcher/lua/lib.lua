@@ -7,7 +7,8 @@
 --            from core/keys.py) builds every key name on it: KEY.queue, KEY.survivor(uid), ...
 --   ARGV[2]  the user pub/sub channel stem, e.g. "at:u:"
 --   ARGV[3]  a fresh random id from the caller: new offer / conversation ids are derived from it
---   ARGV[4]  config JSON: offer_timeout_s, grace_s, cooldown_s, daily_cap, ewma_default_s
+--   ARGV[4]  config JSON: offer_timeout_s, grace_s, cooldown_s, daily_cap, ewma_default_s,
+--            rejoin_window_s
 --   ARGV[5..] the script's own arguments (named in its header)
 -- Time is the server's (TIME), so gateways with skewed clocks agree.
 local CH = ARGV[2]

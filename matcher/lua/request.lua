@@ -10,7 +10,9 @@
 -- Refuses: forbidden when the patient was erased after that token was issued; suspended; rate_limited (too many requests this hour); already_matched when the patient
 -- has an open conversation the asking connection has not heard of yet: a second tab pressed
 -- talk-now while the first tab's request was being matched, so it joins that match (its
--- "matched" frame is on the way) instead of starting a second request.
+-- "matched" frame is on the way) instead of starting a second request.  A match younger than
+-- CFG.rejoin_window_s is joined even when the asking connection was already sent it: that press
+-- crossed the "matched" frame on the wire (the gateway's "sent" is not the client's "seen").
 local pid = ARGV[5]
 local key = KEY.request(pid)
 if erased_session(pid, ARGV[13]) then return refuse('forbidden', 'This account was erased.') end
@@ -23,8 +25,10 @@ if existing then
 end
 if ARGV[12] and ARGV[12] ~= '' then
   local known = cjson.decode(ARGV[12])
+  local window = tonumber(CFG.rejoin_window_s)
   for _, cid in ipairs(redis.call('SMEMBERS', KEY.user_convs(pid))) do
-    if not set_has(known, cid) then
+    local created = tonumber(redis.call('HGET', KEY.conversation(cid), 'created') or 0)
+    if not set_has(known, cid) or NOW - created < window then
       return refuse('already_matched', 'Your request was just matched; your conversation is opening.')
     end
   end

@@ -183,7 +183,7 @@ async def test_a_blocked_pair_is_never_matched_again(world, blocker):
 
 
 async def test_a_survivor_already_chatting_with_the_patient_is_not_offered_again(world):
-    w = world()
+    w = world(AFTERTALK_TALK_NOW_REJOIN_S="0")
     sam = await w.survivor("sam", max_chats=2)
     pat = await w.patient("pat")
     await accept(sam, pat, "pat")
@@ -491,7 +491,13 @@ async def test_a_talk_now_racing_a_match_joins_it_instead_of_starting_another(wo
         await store.talk_now("pat", "pat", _profile_obj(BREAST), known_conversations=[])
     assert info.value.code == ErrorCode.ALREADY_MATCHED
     assert await w.request_state("pat") is None and await w.redis.hget(w.keys.stats, "requests") == "1"
-    # a tab that has seen it asks for a second conversation on purpose: a new request
+    # a tab that has been sent it, pressing within the rejoin window: that press crossed the
+    # "matched" frame on the wire, so it joins too
+    with pytest.raises(ServiceError) as info:
+        await store.talk_now("pat", "pat", _profile_obj(BREAST), known_conversations=[cid])
+    assert info.value.code == ErrorCode.ALREADY_MATCHED
+    # a tab that has seen it, after the window, asks for a second conversation on purpose: a new request
+    store = MatchStore(w.redis, w.keys, MatcherConfig(rejoin_window_s=0))
     state, _ = await store.talk_now("pat", "pat", _profile_obj(BREAST), known_conversations=[cid])
     assert state["state"] == "waiting" and state["joined"] is False
     assert sam.of_type("offer") == []           # and never with the survivor they are already talking to

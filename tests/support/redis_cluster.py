@@ -51,20 +51,28 @@ class RedisClusterNodes:
     def start(self, timeout: float = 20.0) -> RedisClusterNodes:
         for i in range(self.count):
             self._spawn(i)
-        for port in self.ports:
-            self._wait_ping(port, timeout)
+        for i in range(self.count):
+            if not self._wait_ping(self.ports[i], timeout, self.procs[self.ports[i]]):
+                # it exited: its port was taken between our check and its bind; once more, elsewhere
+                del self.procs[self.ports[i]]
+                self.ports[i], self.bus_ports[i] = free_port(), free_port()
+                self._spawn(i)
+                self._wait_ping(self.ports[i], timeout, self.procs[self.ports[i]], must=True)
         _cli("--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", str(self.replicas), "--cluster-yes")
         self.wait_ok(timeout)
         return self
 
     @staticmethod
-    def _wait_ping(port: int, timeout: float) -> None:
+    def _wait_ping(port: int, timeout: float, proc: subprocess.Popen, must: bool = False) -> bool:
+        """True once the node answers; False if its process exited first (unless ``must``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if proc.poll() is not None and not must:
+                return False
             try:
                 if _cli("-p", str(port), "ping", timeout=2).strip() == "PONG":
-                    return
+                    return True
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
             time.sleep(0.05)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -10,10 +11,40 @@ import tempfile
 import time
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a server the tests start, chosen *below* the kernel's ephemeral range.
+
+    A port from ``bind(0)`` is an ephemeral one: between this check and the server's own bind, any of
+    the thousands of client sockets the suite opens may take it as its local port (a cluster node
+    once failed to start so in CI).  Ports below the range are never handed out to client sockets.
+    Each port is handed out once per test run; a cluster node's bus port (port + 10000) is not
+    needed here because the tests give the bus port explicitly."""
+    low, _ = _ephemeral_range()
+    lo, hi = (10000, low - 1) if low > 12000 else (1024, 65535)
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(1000):
+        port = rng.randint(lo, hi)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {lo}-{hi}")
 
 
 class RedisServer:
