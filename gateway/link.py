@@ -41,6 +41,15 @@ or falls silent it closes it and starts over with backoff.  The plain hub
   starvation, a long GC pause) is not taken for a dead link: the timeout starts
   afresh, since a needless reconnect would re-sync every connection on top of
   the overload.
+* *On the primary.*  Every reconnect opens a fresh PubSub through ``open``, so
+  it lands wherever the client's pool says *then* (on a Sentinel URL, the
+  primary the Sentinels name at that moment: see :mod:`core.redis_client`).  A
+  PubSub that can tell whether its node is still the primary (a
+  ``still_primary()`` coroutine, as :class:`core.redis_client.SentinelPubSub`
+  has) is asked every ``primary_check_s``; a "no" is a lost link (after a
+  failover the old primary, if still reachable from here, no longer hears the
+  publishes).  A check that does not answer within :data:`PRIMARY_CHECK_WAIT_S`
+  counts as "yes".
 """
 from __future__ import annotations
 
@@ -56,6 +65,7 @@ from gateway.limits import backoff
 
 log = logging.getLogger("aftertalk.hub")
 CONFIRM_WAIT_S = 3.0
+PRIMARY_CHECK_WAIT_S = 2.0
 
 OnMessage = Callable[[bytes, bytes], None]                      # (channel, data)
 OnConnected = Callable[[list[bytes], bool], Awaitable[None]]    # (channels subscribed, reconnect)
@@ -73,7 +83,7 @@ class Link:
 
     def __init__(self, open: Callable[[], PubSub], on_message: OnMessage, on_connected: OnConnected, *,
                  sharded: bool = False, channels: Iterable[bytes] = (),
-                 ping_interval_s: float = 1.0, ping_timeout_s: float = 3.0,
+                 ping_interval_s: float = 1.0, ping_timeout_s: float = 3.0, primary_check_s: float = 5.0,
                  on_lost: Callable[[], None] | None = None,
                  before_retry: Callable[[], bool] | None = None) -> None:
         self._open = open
@@ -86,6 +96,7 @@ class Link:
         self._kinds = ("smessage", "ssubscribe") if sharded else ("message", "subscribe")
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
+        self.primary_check_s = primary_check_s
         self.channels: set[bytes] = set(channels)
         self.connected = asyncio.Event()
         self._pubsub: PubSub | None = None
@@ -230,8 +241,9 @@ class Link:
     async def _listen(self, pubsub: PubSub) -> None:
         interval, timeout = self.ping_interval_s, self.ping_timeout_s
         message, confirmation = self._kinds
-        last_pong = last_turn = time.monotonic()
+        last_pong = last_turn = last_check = time.monotonic()
         last_ping = 0.0
+        still_primary: Callable[[], Awaitable[bool]] | None = getattr(pubsub, "still_primary", None)
         while not self._stopping:
             if self._remade:
                 raise ConnectionError(f"{self.label} connection was re-made under the link")
@@ -247,6 +259,10 @@ class Link:
                 last_ping = now
             if now - last_pong > timeout:
                 raise ConnectionError(f"{self.label} link silent past the ping timeout")
+            if still_primary is not None and now - last_check >= self.primary_check_s:
+                last_check = now
+                if not await self._is_primary(still_primary):
+                    raise ConnectionError(f"{self.label} link is on a node that is no longer the primary")
             msg = await pubsub.get_message(timeout=interval)
             if msg is None or self._remade:
                 continue
@@ -260,3 +276,9 @@ class Link:
                 fut = self._confirm.get(msg["channel"])
                 if fut is not None and not fut.done():
                     fut.set_result(None)
+
+    async def _is_primary(self, still_primary: Callable[[], Awaitable[bool]]) -> bool:
+        try:
+            return await asyncio.wait_for(still_primary(), PRIMARY_CHECK_WAIT_S)
+        except TimeoutError:
+            return True

@@ -256,3 +256,40 @@ def test_nginx_accepts_the_rendered_conf(tmp_path):
                           str(tmp_path / "logs" / "startup.log"), "-g", f"pid {tmp_path / 'nginx.pid'};"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
+
+
+def _redis_loads(conf: Path, *extra: str) -> str:
+    """What redis-server says when started on ``conf`` with no port to listen on: it reads the whole
+    configuration (refusing a bad directive), then exits at once."""
+    out = subprocess.run([shutil.which("redis-server") or "redis-server", str(conf), *extra, "--port", "0"],
+                         capture_output=True, text=True, timeout=10)
+    return out.stdout + out.stderr
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed")
+def test_sentinel_and_replica_files_load_and_agree_with_the_documented_url(tmp_path):
+    from core.redis_client import parse_sentinel_url
+
+    sentinel = (DEPLOY / "sentinel" / "sentinel.conf").read_text()
+    (monitor,) = re.findall(r"^sentinel monitor (\S+) (\S+) (\d+) (\d+)$", sentinel, re.M)
+    name, host, port, quorum = monitor
+    assert int(quorum) == 2
+    for directive in ("down-after-milliseconds", "failover-timeout", "parallel-syncs"):
+        assert re.search(rf"^sentinel {directive} {name} \d+$", sentinel, re.M), directive
+    # the URL the file and deploy/README.md show names the same master, and the gateways accept it
+    urls = set(re.findall(r"redis\+sentinel://[^\s`]+", sentinel + (DEPLOY / "README.md").read_text()))
+    assert urls and {parse_sentinel_url(u).master for u in urls if "<" not in u and "..." not in u} == {name}
+    replica = (DEPLOY / "sentinel" / "replica.conf").read_text()
+    assert re.search(rf"^replicaof {re.escape(host)} {port}$", replica, re.M)
+
+    # both load in redis-server: the Sentinel in sentinel mode (it needs a writable copy), the replica
+    # as deploy/redis.conf plus replica.conf
+    copy = tmp_path / "sentinel.conf"
+    copy.write_text(sentinel.replace("dir /var/lib/redis-sentinel", f"dir {tmp_path}"))
+    said = _redis_loads(copy, "--sentinel")
+    assert "Configuration loaded" in said and "Bad directive" not in said, said
+    node = tmp_path / "replica-node.conf"
+    node.write_text(f"include {DEPLOY / 'redis.conf'}\n"
+                    f"include {DEPLOY / 'sentinel' / 'replica.conf'}\ndir {tmp_path}\n")
+    said = _redis_loads(node)
+    assert "Configuration loaded" in said and "Bad directive" not in said, said
