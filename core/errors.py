@@ -22,6 +22,7 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"                # Redis cannot be reached; nothing was stored, try again
     RECOVERY_FAILED = "recovery_failed"        # the log the client resumed from is gone; reload the transcript
     SUSPENDED = "suspended"                    # the user is suspended by a moderator
+    REAUTH_REFUSED = "reauth_refused"          # a reauth token was not accepted; the session keeps its old token
     CAPACITY = "capacity"                      # a per-user or per-IP limit is reached
     INTERNAL = "internal"                      # a bug; logged with a reference
 

@@ -7,6 +7,9 @@ asymmetric algorithm.  ``exp``, ``sub``, ``role`` and ``name`` are required;
 :func:`issue_token` always sets it: after an erasure only a token issued later opens a
 session for that user (a token without ``iat`` counts as older than any erasure).  The ``name`` is cleaned
 (:func:`display_name`) before anyone sees it.
+
+The small clock-skew ``leeway_s`` applies to checking a token; a WebSocket session still ends at the
+token's own ``exp`` (a token already past it is refused at ``hello``; see :mod:`gateway.expiry`).
 """
 from __future__ import annotations
 

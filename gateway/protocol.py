@@ -18,6 +18,7 @@ PATIENT, SURVIVOR, MODERATOR = "patient", "survivor", "moderator"
 PEERS = frozenset({PATIENT, SURVIVOR})
 ANYONE = frozenset({PATIENT, SURVIVOR, MODERATOR})
 MAX_ID = 128
+MAX_TOKEN = 4096          # as gateway.auth.verify_token (and the smallest frame limit allows)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Spec:
 NUM = (int, float)
 FRAMES: dict[str, Spec] = {
     "hello": Spec(ANYONE, {"token": str}, {"resume": dict}),
+    "reauth": Spec(ANYONE, {"token": str}),
     "ping": Spec(ANYONE),
     "availability": Spec(frozenset({SURVIVOR}), {"available": bool},
                          {"profile": dict, "max_chats": int, "auto_accept": bool}),
@@ -71,6 +73,8 @@ def _check(frame: dict[str, Any], name: str, expected: type | tuple[type, ...], 
         raise ServiceError(ErrorCode.BAD_FRAME, f"'{name}' must be {_kind(expected)}.", ref=ftype, field=name)
     if name in ID_FIELDS and not (0 < len(value) <= MAX_ID):
         raise ServiceError(ErrorCode.BAD_FRAME, f"'{name}' must be 1 to {MAX_ID} characters.", ref=ftype, field=name)
+    if name == "token" and not (0 < len(value) <= MAX_TOKEN):
+        raise ServiceError(ErrorCode.BAD_FRAME, f"'token' must be 1 to {MAX_TOKEN} characters.", ref=ftype, field=name)
 
 
 def parse_frame(text: str | bytes) -> dict[str, Any]:

@@ -1,5 +1,11 @@
 // Entry point: find a token (URL fragment, this tab's sessionStorage, demo sign-in or a pasted one),
 // connect, and show the page for the role the server says we have.
+//
+// Tokens expire, and a session does not outlive its token: before exp the server asks for a fresh one
+// (token_expiring) and the connection gets it from refreshToken() below: the deployment's own sign-in
+// when the page defines `window.aftertalkAuth = { refresh: async () => "<fresh token>" }` (for the same
+// user and role; load it before app.js), otherwise the demo sign-in in demo mode.  With neither, the
+// person is asked to sign in again when the token runs out.
 
 import { moderatorPage } from "./js/moderator.js";
 import { patientPage } from "./js/patient.js";
@@ -106,6 +112,29 @@ function showBanner({ state, retryInMs }) {
   }
 }
 
+/** The claims of a token, read without checking anything (the server checks): who to refresh for. */
+function claimsOf(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
+  } catch {
+    return {};
+  }
+}
+
+/** A fresh token for the user and role of `current`, from the sign-in source; null when there is none. */
+async function refreshToken(current) {
+  const hook = window.aftertalkAuth?.refresh;
+  if (typeof hook === "function") return (await hook()) || null;
+  if (!(await demoEnabled())) return null;
+  const { sub, role, name } = claimsOf(current);
+  if (!sub || !role) return null;
+  const res = await fetch("/api/demo-token", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ role, name: name || role, id: sub }), cache: "no-store" });
+  if (!res.ok) return null;
+  return (await res.json()).token || null;
+}
+
 function signOut(conn) {
   conn?.stop();
   sessionStorage.removeItem(TOKEN_KEY);
@@ -116,14 +145,16 @@ async function start(token) {
   fill(main, h("p", { class: "hint", text: "Connecting…" }));
   let vocab = {};
   try { vocab = await (await fetch("/api/vocabulary")).json(); } catch { /* pages cope with an empty vocabulary */ }
-  const conn = new Connection(token);
+  const conn = new Connection(token, { refresh: () => refreshToken(conn.token) });
+  conn.on("token", (fresh) => sessionStorage.setItem(TOKEN_KEY, fresh));   // a reload signs in with it
   let page = null;
   conn.on("state", (s) => {
     showBanner(s);
     if (s.state !== "closed") return;
     if (s.reason === "signed_out") {
       sessionStorage.removeItem(TOKEN_KEY);
-      signIn("Your sign-in is not valid any more. Please sign in again.");
+      signIn(s.message === "token expired" ? "Your sign-in has expired. Please sign in again."
+        : "Your sign-in is not valid any more. Please sign in again.");
     } else if (s.reason === "suspended") {
       sessionStorage.removeItem(TOKEN_KEY);
       fill(who);
@@ -134,7 +165,7 @@ async function start(token) {
   conn.on("welcome", (frame) => {
     if (page) return;
     page = frame.user.role;
-    const context = { vocabulary: vocab, label: labeller(vocab), token };
+    const context = { vocabulary: vocab, label: labeller(vocab), token: () => conn.token };   // refreshed
     fill(who, h("span", {}, isolate(frame.user.name), ` · ${frame.user.role}`),
       h("button", { type: "button", class: "link", text: "Sign out", on: { click: () => signOut(conn) } }));
     const root = h("div", { class: `page page-${page}` });

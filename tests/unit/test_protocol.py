@@ -18,7 +18,7 @@ from gateway.protocol import FRAMES, MAX_ID, authorize, error_frame, parse_frame
 P, S, M = "patient", "survivor", "moderator"
 ROLES = (P, S, M)
 WHO_MAY_SEND = {
-    "hello": {P, S, M}, "ping": {P, S, M}, "history": {P, S, M},
+    "hello": {P, S, M}, "reauth": {P, S, M}, "ping": {P, S, M}, "history": {P, S, M},
     "availability": {S}, "accept": {S}, "decline": {S},
     "talk_now": {P}, "cancel": {P},
     "send": {P, S}, "typing": {P, S}, "end": {P, S}, "block": {P, S}, "feedback": {P, S}, "report": {P, S},
@@ -223,3 +223,12 @@ def test_parse_resume():
         with pytest.raises(ServiceError) as info:
             parse_resume(bad)
         assert info.value.code == ErrorCode.BAD_FRAME and info.value.data["ref"] == "hello"
+
+
+@pytest.mark.parametrize("token", [None, 7, "", "x" * 4097, {"t": 1}])
+def test_a_reauth_needs_a_token_string_of_1_to_4096_characters(token):
+    with pytest.raises(ServiceError) as info:
+        parse_frame(orjson.dumps({"type": "reauth", "token": token}))
+    assert info.value.code == ErrorCode.BAD_FRAME
+    assert info.value.data == {"ref": "reauth", "field": "token"}
+    assert parse_frame(orjson.dumps({"type": "reauth", "token": "x" * 4096}))["token"] == "x" * 4096

@@ -217,7 +217,7 @@ export function moderatorPage(root, conn, { token }) {
     try {
       for (let page = 0; page < 10; page += 1) {
         const res = await fetch(`/api/audit?limit=1000${after ? `&after=${encodeURIComponent(after)}` : ""}`,
-          { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
+          { headers: { Authorization: `Bearer ${token()}` }, cache: "no-store" });
         if (!res.ok) throw new Error(`the server said ${res.status}`);
         const body = await res.json();
         entries.push(...body.entries);

@@ -10,6 +10,10 @@
 //   the next only after the ack, so a refusal (rate limit, store briefly down) can never reorder what a
 //   person wrote; after every (re)connection it starts again from the oldest un-acked message.  The
 //   server stores a client_id at most once, so a message resent after a lost ack appears exactly once.
+// * A session does not outlive its token.  Ahead of the token's exp the server sends token_expiring; we
+//   ask the sign-in source for a fresh token (the `refresh` option: async () => token, or null when there
+//   is none) and answer {type: "reauth", token}.  Without one the server closes 4401 "token expired" at
+//   exp; with a `refresh` we fetch a token then and reconnect (and resume), otherwise we are signed out.
 
 const FATAL_CLOSES = new Map([
   [4401, "signed_out"],
@@ -30,8 +34,11 @@ export function backoffDelay(attempt, { baseMs = 500, capMs = 10000 } = {}, rand
 }
 
 export class Connection {
-  constructor(token, { url = defaultUrl(), backoff = {}, heartbeatMs = 15000, silenceMs = 40000 } = {}) {
+  constructor(token, { url = defaultUrl(), backoff = {}, heartbeatMs = 15000, silenceMs = 40000, refresh = null } = {}) {
     this.token = token;
+    this.refresh = refresh;       // async () => a fresh token for the same user and role, or null
+    this.renewing = null;         // the refresh in progress (one at a time)
+    this.expiredCloses = 0;       // "token expired" closes since the last welcome
     this.url = url;
     this.backoff = backoff;
     this.heartbeatMs = heartbeatMs;
@@ -107,6 +114,17 @@ export class Connection {
     clearTimeout(this.timers.ack);
     for (const item of this.outbox.values()) this.setItem(item, "queued");
     if (this.state === "closed") return;
+    if (event.code === 4401 && event.reason === "token expired" && this.refresh && this.expiredCloses < 2) {
+      // the token ran out before a reauth got through: fetch a fresh one and come back (and resume)
+      this.expiredCloses += 1;
+      this.setState("reconnecting", { attempt: this.attempt, code: event.code });
+      this.renewToken().then((token) => {
+        if (this.state === "closed" || ws !== this.ws) return;
+        if (token) this.connectNow();
+        else this.setState("closed", { reason: "signed_out", message: event.reason });
+      });
+      return;
+    }
     const fatal = FATAL_CLOSES.get(event.code);
     if (fatal) {
       this.setState("closed", { reason: fatal, message: event.reason });
@@ -141,6 +159,7 @@ export class Connection {
       case "welcome":
         this.user = frame.user;
         this.attempt = 0;
+        this.expiredCloses = 0;
         this.welcomed = true;
         for (const conv of frame.conversations || []) {
           if (!this.resume.has(conv.conversation_id)) {
@@ -163,6 +182,9 @@ export class Connection {
         if (pos && frame.seq > pos.seq) { pos.seq = frame.seq; pos.epoch = frame.epoch || pos.epoch; }
         break;
       }
+      case "token_expiring":
+        this.reauth(this.ws, frame.in_s);
+        break;
       case "ended":
         this.resume.delete(frame.conversation_id);
         this.dropOutbox(frame.conversation_id, "conversation_ended");
@@ -187,6 +209,45 @@ export class Connection {
         break;
     }
     this.emit(frame.type, frame);
+  }
+
+  // ---- token refresh ----------------------------------------------------------------------
+  /** A fresh token from the sign-in source (null when there is none or it failed); one call at a time. */
+  renewToken() {
+    if (!this.refresh) return Promise.resolve(null);
+    if (!this.renewing) {
+      this.renewing = (async () => {
+        try {
+          const token = await this.refresh();
+          if (typeof token !== "string" || !token) return null;
+          this.token = token;
+          this.emit("token", token);
+          return token;
+        } catch {
+          return null;
+        } finally {
+          this.renewing = null;
+        }
+      })();
+    }
+    return this.renewing;
+  }
+
+  /** Answer token_expiring on this socket with a reauth; if the sign-in source fails, try again while
+   *  there is time (the server closes at exp, and we come back with a fresh token then). */
+  async reauth(ws, inS) {
+    const startedAt = Date.now();
+    const token = await this.renewToken();
+    if (ws !== this.ws || ws.readyState !== WebSocket.OPEN) return;
+    if (token) {
+      this.sendRaw({ type: "reauth", token });
+      return;
+    }
+    const left = inS - (Date.now() - startedAt) / 1000;
+    if (this.refresh && left > 2) {
+      const wait = Math.min(5, left / 2);
+      setTimeout(() => this.reauth(ws, left - wait), wait * 1000);
+    }
   }
 
   /** Stop resuming a conversation (it ended; nothing more will be written to it). */
