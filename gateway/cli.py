@@ -8,6 +8,7 @@ import logging
 import secrets
 import signal
 import sys
+import time
 from types import FrameType
 from typing import Any
 
@@ -24,8 +25,9 @@ class _StopRequested(BaseException):
 class _StopSignals:
     """``serve``'s own SIGTERM, SIGINT and SIGHUP handlers, installed for its whole life.
 
-    While the server runs, each signal asks uvicorn for its graceful shutdown (a second SIGINT forces
-    it), exactly as uvicorn's own handler would; before that, it unwinds the start-up.  Either way
+    While the server runs, each signal starts the drain and asks uvicorn for its graceful shutdown (a
+    second SIGINT forces it), exactly as uvicorn's own handler would (see :class:`_DrainingServer`);
+    before that, it unwinds the start-up.  Either way
     ``serve``'s ``finally`` then stops the screening workers and the embedded Redis.  uvicorn swaps
     in its own SIGINT/SIGTERM handlers while it serves and re-raises the signal afterwards with the
     previous handler back in place: that previous handler is this one, so the re-raise lands here
@@ -57,6 +59,51 @@ class _StopSignals:
         if self.server.should_exit and signum == signal.SIGINT:
             self.server.force_exit = True
         self.server.should_exit = True
+        self.server.begin_drain()
+
+
+def _quiet_refusals(record: logging.LogRecord) -> bool:
+    return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
+def _draining_server(config: Any, drain_s: float) -> Any:
+    """A uvicorn.Server that drains the app's WebSockets (gateway/drain.py) before its own shutdown.
+
+    uvicorn's shutdown closes the listening socket first and then every WebSocket with 1012; instead,
+    the drain runs first, with the socket still open: /readyz says 503 and upgrades get 503 from the
+    moment the signal arrives (``handle_exit``, the handler uvicorn installs while it serves, and
+    ``_StopSignals`` for SIGHUP), every socket is closed with 1001 once its frame in flight is answered,
+    and the clients' answers to the close are awaited, all within ``drain_s`` of the signal.  A second
+    SIGINT (``force_exit``) cuts the wait short."""
+    import uvicorn
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    from gateway.drain import drained_app
+
+    class _DrainingServer(uvicorn.Server):
+        def begin_drain(self) -> None:
+            drain = drained_app(self.config.app)
+            if drain is not None:
+                drain.begin()
+                # uvicorn logs an ERROR for every upgrade answered with an HTTP response (the drain's 503)
+                logging.getLogger("uvicorn.error").addFilter(_quiet_refusals)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self.begin_drain()
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            drain = drained_app(self.config.app)
+            if drain is not None:
+                await drain.run(drain_s, lambda: self.force_exit)
+                deadline = drain.started + drain_s
+                # the clients' close frames: a WebSocket's transport ends when its client answers the close
+                while (not self.force_exit and time.monotonic() < deadline
+                       and any(isinstance(c, WebSocketsSansIOProtocol) for c in self.server_state.connections)):
+                    await asyncio.sleep(0.02)
+            await super().shutdown(sockets)
+
+    return _DrainingServer(config)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -115,9 +162,10 @@ def _run_serve(settings: Settings, stop: _StopSignals) -> int:
                                 log_level=settings.log_level, ws="websockets-sansio",
                                 ws_max_size=settings.max_frame_bytes, ws_per_message_deflate=False,
                                 ws_ping_interval=settings.ping_interval_s, ws_ping_timeout=settings.ping_timeout_s,
-                                lifespan="on", access_log=False, proxy_headers=True, server_header=False)
+                                lifespan="on", access_log=False, proxy_headers=True, server_header=False,
+                                timeout_graceful_shutdown=2)   # after the drain: only what outlived it
         log_privacy.install()        # after uvicorn configured logging: no frame, text or token in any log line
-        server = uvicorn.Server(config)
+        server = _draining_server(config, settings.drain_s)
         stop.server = server
         with contextlib.suppress(KeyboardInterrupt):
             server.run()
