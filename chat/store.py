@@ -19,6 +19,12 @@ Guarantees
   window can lose acknowledged messages.  Clients resume with
   :meth:`read_after` from the last seq they saw; the ``epoch`` tells them
   whether the log they resume from is the one they knew.
+* **Rate-limited with it.**  Given a :class:`SendLimit`, ``append`` takes one token from the
+  sender's bucket in Redis.  On a single node that happens inside the same script, after the
+  authorisation, duplicate and state checks and before anything is stored: a refused message
+  (``rate_limited``) is not stored, and retries and refusals cost no token.  On Redis Cluster the
+  bucket lives in the user's slot, not the conversation's, so it is one extra script call just
+  before the append (``append_rate.lua``); there a retry or refused append has spent its token.
 * **Pub/sub promises nothing.**  The ``PUBLISH`` inside ``append`` is only a
   wake-up for the gateways holding the participants' (and watching
   moderators') sockets: it is fire-and-forget, may be lost (no subscriber, a
@@ -44,7 +50,17 @@ from core.keys import Keys
 from core.scripts import ScriptSet, as_service_error
 
 DELETED_NAME = "Deleted user"
-SCRIPTS = ("open.lua", "append.lua", "end.lua", "feedback.lua", "erase.lua")
+SCRIPTS = ("open.lua", "append.lua", "append_rate.lua", "end.lua", "feedback.lua", "erase.lua")
+
+
+@dataclass(frozen=True, slots=True)
+class SendLimit:
+    """A sender's message rate, enforced by :meth:`ChatStore.append` in Redis: ``rate_per_s`` tokens a
+    second, at most ``burst`` saved up, one bucket per user (``Keys.send_bucket``) shared by every
+    connection on every gateway and kept across reconnects (chat/lua/append_bucket.lua)."""
+
+    rate_per_s: float
+    burst: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,19 +314,27 @@ class ChatStore:
         )
 
     async def append(self, cid: str, *, sender_id: str, name: str, role: str, client_id: str,
-                     text: str, shown: str, flags: str = "") -> Appended:
-        """Store and publish one message (see the module docstring).  ``shown`` "" means "same as text".
+                     text: str, shown: str, flags: str = "", limit: SendLimit | None = None) -> Appended:
+        """Store and publish one message (see the module docstring).  ``shown`` "" means "same as text";
+        ``limit``: take a token from the sender's send bucket, or refuse.
 
         Raises ServiceError FORBIDDEN (unknown conversation, not a participant nor a moderator, erased
-        sender) or CONVERSATION_ENDED; UNAVAILABLE if Redis cannot be reached (nothing was stored, or
-        the outcome is unknown: retry with the same client id)."""
+        sender), CONVERSATION_ENDED or RATE_LIMITED (nothing stored); UNAVAILABLE if Redis cannot be
+        reached (nothing was stored, or the outcome is unknown: retry with the same client id)."""
         keys = self._conv_keys(cid)
         args = [cid, sender_id, name, role, client_id, text, shown, flags,
                 self._user_stem, self.keys.watch_channel(cid)]
         if self._sharded:
             args += [self.keys.conv_live(cid), self.keys.conv_watch(cid)]
-        elif self.screening:
-            keys.append(self.keys.screen_queue)
+            if limit is not None:       # another slot: its own call, before the append (module docstring)
+                await self.scripts.run("append_rate", [self.keys.send_bucket(sender_id)],
+                                       [limit.rate_per_s, limit.burst])
+        else:
+            if limit is not None:       # the same script: the token and the append are one atomic step
+                keys.append(self.keys.send_bucket(sender_id))
+                args += ["", "", repr(float(limit.rate_per_s)), str(limit.burst)]
+            if self.screening:
+                keys.append(self.keys.screen_queue)
         if self._append_pipeline is not None:
             res = await self._append_pipeline.call(keys, args)
         else:

@@ -1,6 +1,18 @@
-"""Pure helpers for pacing: reconnect backoff and token buckets.  No I/O."""
+"""Pure helpers for pacing: reconnect backoff, token buckets, and the rules of the limits kept in Redis.
+
+No I/O.  The per-user and per-address limits are enforced in Redis so that they hold across gateway
+processes and reconnects (gateway/quotas.py, chat/lua/append_bucket.lua); the rules they follow are
+written here, in plain Python, and the Lua scripts mirror them:
+
+* the send rate: :class:`TokenBucket`, one per user (chat/lua/append_bucket.lua);
+* connections per user and per address: :func:`admits` over leases that expire unless renewed
+  (gateway/lua/lease.lua), renewed every :func:`lease_renewal_s`.
+
+:class:`TokenBucket` itself still paces the frames of one connection, which is a per-connection limit.
+"""
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 
@@ -33,3 +45,21 @@ class TokenBucket:
             self.tokens -= cost
             return True
         return False
+
+
+def retry_after_s(rate_per_s: float) -> int:
+    """Whole seconds after which a sender refused for an empty bucket has a token again (at least 1)."""
+    return max(1, math.ceil(1 / rate_per_s))
+
+
+def admits(held: int, cap: int, *, renewing: bool) -> bool:
+    """The connection cap: a new lease is admitted while fewer than ``cap`` unexpired leases are held;
+    a lease already held (or renewed: its connection is open) always is.  gateway/lua/lease.lua applies
+    this atomically in Redis, over every gateway's leases."""
+    return renewing or held < cap
+
+
+def lease_renewal_s(ttl_s: float) -> float:
+    """How often a gateway renews its connection leases: three times per time to live, so that one
+    late or failed renewal does not let a live connection's lease lapse."""
+    return ttl_s / 3

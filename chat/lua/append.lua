@@ -1,21 +1,30 @@
+--! include append_bucket.lua
 -- append.lua: store one chat message and wake its readers, in one atomic step.
 -- KEYS[1] meta hash  KEYS[2] log stream  KEYS[3] client-id hash   (all of one {c:ID} slot)
--- KEYS[4] (optional, single node only) the screening stream: a new message from a participant is
---         queued there in the same step ({c: <id>, s: <seq>}), so no stored message escapes screening.
---         On a cluster it lives in another slot and the caller queues it right after this script.
+-- KEYS[4] (single node only, when ARGV[13] is given) the sender's send bucket (append_bucket.lua): a new
+--         message takes a token in the same step, or is refused rate_limited and nothing is stored.  On
+--         a cluster the bucket is in the user's slot and the caller takes the token first (append_rate.lua).
+-- KEYS[4], or KEYS[5] after a bucket (optional, single node only) the screening stream: a new message from
+--         a participant is queued there in the same step ({c: <id>, s: <seq>}), so no stored message escapes
+--         screening.  On a cluster it lives in another slot and the caller queues it right after this script.
 -- ARGV[1] conversation id  ARGV[2] sender id  ARGV[3] sender display name
 -- ARGV[4] role (patient|survivor|moderator)  ARGV[5] client id  ARGV[6] text (original)
 -- ARGV[7] shown text ("" or equal to ARGV[6]: not masked)  ARGV[8] flags (comma separated, may be "")
 -- ARGV[9] user channel stem (channel = stem .. user id)  ARGV[10] the conversation's watch channel
 -- ARGV[11], ARGV[12] (optional, Redis Cluster): the conversation's live and watch shard channels; when
 --          given, the wake-ups are SPUBLISHed once to each instead of PUBLISHed to the three plain channels
+-- ARGV[13], ARGV[14] (optional, single node only): the send bucket's tokens per second and burst (KEYS[4])
 -- Returns {seq, ts_ms, epoch, duplicate (0|1)}.  A duplicate (same sender, same client id) returns the
 -- recorded seq/ts and stores and publishes nothing.
 -- Refuses: forbidden (unknown conversation, not a participant and not a moderator, or an erased sender);
 --          conversation_ended (state is not open; moderators too; checked after the duplicate test so a
---          retry of a message stored before the end is still acknowledged).
+--          retry of a message stored before the end is still acknowledged); rate_limited (the sender's
+--          bucket is empty; checked last, so a retry, a refusal or a non-participant costs no token).
 local cid, sender, name, role, client = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local text, shown, flags = ARGV[6], ARGV[7], ARGV[8]
+local limited = ARGV[13] ~= nil and ARGV[13] ~= ''
+local screen_queue = KEYS[4]
+if limited then screen_queue = KEYS[5] end
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'state', 'patient', 'survivor', 'erased:' .. sender)
 local epoch, state, patient, survivor, erased = m[1], m[2], m[3], m[4], m[5]
 if not epoch or erased or (sender ~= patient and sender ~= survivor and role ~= 'moderator') then
@@ -31,9 +40,11 @@ end
 if state ~= 'open' then
   return redis.error_reply('AT:conversation_ended:This conversation has ended.')
 end
+local ts = redis_now_ms()
+if limited and not take_send_token(KEYS[4], tonumber(ARGV[13]), tonumber(ARGV[14]), ts) then
+  return redis.error_reply(RATE_LIMITED)
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local t = redis.call('TIME')
-local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ts_s = string.format('%d', ts)
 local id = string.format('%d-1', seq)
 if shown == '' or shown == text then
@@ -45,8 +56,8 @@ else
              'shown', shown, 'cid', client, 'ts', ts_s, 'flags', flags)
 end
 redis.call('HSET', KEYS[3], field, string.format('%d:%d', seq, ts))
-if KEYS[4] and role ~= 'moderator' then
-  redis.call('XADD', KEYS[4], '*', 'c', cid, 's', seq)
+if screen_queue and role ~= 'moderator' then
+  redis.call('XADD', screen_queue, '*', 'c', cid, 's', seq)
 end
 local live = cmsgpack.pack({'m', cid, seq, epoch, ts, name, role, shown, client, sender})
 local watch = cmsgpack.pack({'m', cid, seq, epoch, ts, name, role, text, client, sender, flags})

@@ -58,17 +58,21 @@ def conversation_elsewhere(nodes: RedisClusterNodes, keys: Keys) -> str:
             return cid
 
 
-# every Lua script of the code base, each run at least once by the test below
+# every Lua script of the code base, each run at least once by the tests below (libraries are included
+# by the scripts that use them)
 EXERCISED_SCRIPTS = {
     "matcher": {"availability", "request", "cancel", "respond", "presence", "tick", "end", "suspend", "forget"},
-    "chat": {"open", "append", "end", "feedback", "erase", "flag_create", "flag_ack", "flag_resolve"},
+    "chat": {"open", "append", "append_rate", "end", "feedback", "erase", "flag_create", "flag_ack",
+             "flag_resolve"},
+    "gateway": {"lease"},
 }
+LIBRARIES = {"lib", "append_bucket"}
 
 
 def test_the_slot_test_below_knows_every_script():
     root = Path(__file__).resolve().parents[2]
     for package, names in EXERCISED_SCRIPTS.items():
-        present = {p.stem for p in (root / package / "lua").glob("*.lua")} - {"lib"}
+        present = {p.stem for p in (root / package / "lua").glob("*.lua")} - LIBRARIES
         assert present == names, f"add new {package} scripts to test_every_script_and_transaction_keeps_to_one_slot"
 
 
@@ -146,6 +150,45 @@ async def test_every_script_and_transaction_keeps_to_one_slot(cluster, prefix):
                 await pipe.execute()
         with pytest.raises(Exception, match=r"same slot|non local key"):
             await redis.eval("return redis.call('GET', ARGV[1])", 1, keys.stats, keys.conv_meta(cid))
+    finally:
+        await redis.aclose()
+
+
+async def test_the_shared_limits_keep_to_one_slot_each(cluster, prefix):
+    """The send bucket (its own call before the append, in the user's slot), connection leases (taken,
+    renewed in a pipeline across slots, released) and typing hints, with everything on other nodes."""
+    from chat.store import SendLimit
+    from core.errors import ErrorCode, ServiceError
+    from gateway.quotas import ConnectionLeases, TypingHints
+
+    redis = make_redis(cluster.url, decode=True)
+    keys = Keys(prefix)
+    chat = ChatStore(redis, keys)
+    try:
+        cid = conversation_elsewhere(cluster, keys)
+        await chat.open(cid, epoch="e1", patient=("pt1", "Pat"), survivor=("sv1", "Sam"))
+        limit = SendLimit(rate_per_s=0.01, burst=2)
+        for i in range(2):
+            await chat.append(cid, sender_id="pt1", name="Pat", role="patient", client_id=f"m{i}", text="hi",
+                              shown="", limit=limit)
+        with pytest.raises(ServiceError) as refused:
+            await chat.append(cid, sender_id="pt1", name="Pat", role="patient", client_id="m2", text="hi",
+                              shown="", limit=limit)
+        assert refused.value.code == ErrorCode.RATE_LIMITED
+        assert [m.seq for m in await chat.read_after(cid, 0)] == [1, 2]
+
+        leases = ConnectionLeases(redis, keys, ttl_s=5, owner="g1")
+        ids = [leases.new_lease() for _ in range(3)]
+        assert [await leases.admit_address("10.0.0.1", x, 2) for x in ids] == [True, True, False]
+        assert await leases.admit_user("pt1", ids[0], 1) and not await leases.admit_user("pt1", ids[1], 1)
+        await leases.renew()
+        assert await redis.zcard(keys.address_leases("10.0.0.1")) == 2
+        await leases.release(ids[0])
+        assert await redis.zcard(keys.user_leases("pt1")) == 0
+        assert await leases.admit_address("10.0.0.1", ids[2], 2)
+
+        hints = TypingHints(redis, keys, interval_s=5)
+        assert await hints.claim("pt1", cid) and not await hints.claim("pt1", cid)
     finally:
         await redis.aclose()
 

@@ -104,3 +104,28 @@ def test_bucket_never_admits_more_than_burst_plus_rate_times_elapsed(rate, burst
             admitted += 1
         assert admitted <= burst + rate * now + 1e-6
         assert 0 <= bucket.tokens <= burst
+
+
+# ---------------------------------------------------------------- rules of the limits kept in Redis
+
+def test_retry_after_is_the_time_to_one_token_in_whole_seconds_at_least_one():
+    from gateway.limits import retry_after_s
+
+    assert retry_after_s(5) == 1
+    assert retry_after_s(0.5) == 2
+    assert retry_after_s(0.3) == 4
+    assert retry_after_s(1000) == 1
+
+
+def test_admits_below_the_cap_and_always_renews():
+    from gateway.limits import admits
+
+    assert [admits(n, 3, renewing=False) for n in range(5)] == [True, True, True, False, False]
+    assert admits(10, 3, renewing=True)        # an open connection's lease is never refused
+
+
+def test_leases_are_renewed_three_times_per_time_to_live():
+    from gateway.limits import lease_renewal_s
+
+    assert lease_renewal_s(15) == pytest.approx(5)
+    assert lease_renewal_s(0.3) == pytest.approx(0.1)
