@@ -3,10 +3,14 @@
 Cluster layout: all matching, presence, moderation and audit state lives in
 one hash slot (tag ``{ctl}``) so that the matcher's scripts can touch it
 atomically; each conversation's log lives in its own slot (tag ``{c:ID}``),
-so message traffic spreads over the cluster.  A script only ever touches
-keys of one tag.  Plain pub/sub channels are not keys and carry no tag; the
-two shard channels of a conversation (cluster mode only, SPUBLISH) carry its
-``{c:ID}`` tag, so its append script may publish to them.
+so message traffic spreads over the cluster; the limits every gateway shares
+(send bucket, typing hint, connection leases) live in a slot per user (tag
+``{u:ID}``) or per address (``{ip:ADDR}``).  On a cluster a script only ever
+touches keys of one tag (on a single node the append script also takes the
+sender's send bucket and queues for screening, in the same step).  Plain
+pub/sub channels are not keys and carry no tag; the two shard channels of a
+conversation (cluster mode only, SPUBLISH) carry its ``{c:ID}`` tag, so its
+append script may publish to them.
 
 The Lua scripts spell no key either: every control-plane name below (those under
 ``ctl``) reaches them as the table ``KEY`` (``KEY.survivor(uid)``, ``KEY.queue``, ...)
@@ -165,6 +169,22 @@ class Keys:
 
     def conv_client_ids(self, cid: str) -> str:   # hash client_id -> seq (idempotent sends)
         return f"{self.prefix}:{{c:{cid}}}:cids"
+
+    # ---- limits every gateway shares: one slot per user or per address ---------------
+    # Each is used alone (one command or one script on one key), so any tag would be Cluster-safe;
+    # a tag per user / address spreads them over the cluster.  On a single node the send bucket also
+    # joins the append script (chat/lua/append.lua), so the check and the append are one step.
+    def send_bucket(self, uid: str) -> str:       # string "<tokens> <ms>": a user's send token bucket;
+        return f"{self.prefix}:{{u:{uid}}}:send"  # expires once it would be full again
+
+    def typing_hint(self, uid: str, cid: str) -> str:  # marker (SET NX PX): a typing hint went out lately
+        return f"{self.prefix}:{{u:{uid}}}:typing:{cid}"
+
+    def user_leases(self, uid: str) -> str:       # zset connection lease -> expiry (ms): a user's sockets
+        return f"{self.prefix}:{{u:{uid}}}:leases"
+
+    def address_leases(self, address: str) -> str:  # zset connection lease -> expiry (ms): one address's
+        return f"{self.prefix}:{{ip:{address}}}:leases"  # sockets
 
     # ---- pub/sub channels ---------------------------------------------------------
     def user_channel(self, uid: str) -> str:      # everything addressed to one user

@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from urllib.parse import urlsplit
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -26,6 +26,8 @@ from gateway import metrics
 from gateway.auth import Identity, display_name, issue_token, verify_token
 from gateway.compose import Gateway, build
 from gateway.connection import Conn
+from gateway.drain import Drain, DrainGate
+from gateway.expiry import EXPIRED_REASON
 from gateway.protocol import authorize, error_frame, parse_frame, parse_resume
 from gateway.settings import Settings
 
@@ -51,7 +53,7 @@ class Edge:
         self.gateway = gateway
         self.settings = gateway.settings
         self.service = gateway.service
-        self.per_ip: Counter[str] = Counter()
+        self.drain = Drain()          # the graceful stop (gateway/drain.py), started by `aftertalk serve`
 
     def routes(self) -> list[Any]:
         return [
@@ -66,6 +68,8 @@ class Edge:
         return JSONResponse({"status": "ok", "gateway": self.gateway.gateway_id})
 
     async def readyz(self, request: Request) -> Response:
+        if self.drain.draining:         # stopping: send new connections elsewhere
+            return JSONResponse({"status": "draining"}, status_code=503)
         try:
             await asyncio.wait_for(self.gateway.redis.ping(), 1.0)
         except Exception:
@@ -97,7 +101,8 @@ class Edge:
             body = orjson.loads(await request.body())
             role, name = body["role"], display_name(str(body["name"])[:4096])   # as verify_token cleans it
             sub = str(body.get("id") or "").strip()[:64] or f"demo-{role}-{name.lower().replace(' ', '-')}"
-            token = issue_token(self.settings.secret, sub=sub, role=role, name=name or role, ttl_s=12 * 3600,
+            token = issue_token(self.settings.secret, sub=sub, role=role, name=name or role,
+                                ttl_s=self.settings.demo_token_ttl_s,
                                 audience=self.settings.jwt_audience, issuer=self.settings.jwt_issuer)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
             return JSONResponse({"error": "send {\"role\": patient|survivor|moderator, \"name\": ...}"},
@@ -112,16 +117,17 @@ class Edge:
             return
         ip = ws.client.host if ws.client else "?"
         await ws.accept()
-        if self.per_ip[ip] >= s.max_conns_per_ip:
-            await ws.close(CloseCode.TOO_MANY, "too many connections from this address")
-            return
-        self.per_ip[ip] += 1
+        # connection caps are leases in Redis, counted across every gateway (gateway/quotas.py): the
+        # address's now, before hello; the user's after it (_session); both given back on close
+        leases = self.gateway.leases
+        lease = leases.new_lease()
         try:
-            await self._session(ws)
+            if not await leases.admit_address(ip, lease, s.max_conns_per_ip):
+                await ws.close(CloseCode.TOO_MANY, "too many connections from this address")
+                return
+            await self._session(ws, lease)
         finally:
-            self.per_ip[ip] -= 1
-            if self.per_ip[ip] <= 0:
-                del self.per_ip[ip]
+            await leases.release(lease)
 
     async def _hello(self, ws: WebSocket) -> tuple[Identity, dict[str, tuple[int, str | None]]]:
         s = self.settings
@@ -142,13 +148,15 @@ class Edge:
             raise Unauthorized("the first frame must be hello")
         user = verify_token(frame["token"], s.secret, algorithms=s.jwt_algorithms,
                             audience=s.jwt_audience, issuer=s.jwt_issuer)
+        if user.exp <= time.time():       # within verify_token's clock-skew leeway, but a session ends at exp
+            raise Unauthorized(EXPIRED_REASON)
         try:
             resume = parse_resume(frame.get("resume"))
         except ServiceError:
             raise Unauthorized("malformed resume map") from None
         return user, resume
 
-    async def _session(self, ws: WebSocket) -> None:
+    async def _session(self, ws: WebSocket, lease: str) -> None:
         service = self.service
         try:
             user, resume = await self._hello(ws)
@@ -166,11 +174,12 @@ class Edge:
                 return
         except Exception:
             pass        # Redis down: let the session open; frames will get 'unavailable'
-        if len(self.gateway.hub.conns_of(user.id)) >= self.settings.max_conns_per_user:
+        if not await self.gateway.leases.admit_user(user.id, lease, self.settings.max_conns_per_user):
             await ws.close(CloseCode.TOO_MANY, "too many connections for this user")
             return
         conn = service.new_conn(ws, user, on_slow=lambda c: metrics.SLOW_CLOSES.inc())
         metrics.CONNECTIONS.labels(user.role).inc()
+        service.token_clock.arm(conn)     # token_expiring ahead of exp, 4401 at exp unless a reauth came
         try:
             try:
                 await service.open_session(conn, resume)
@@ -186,16 +195,17 @@ class Edge:
                     return
             await self._loop(ws, conn)
         finally:
+            conn.disarm()
             metrics.CONNECTIONS.labels(user.role).dec()
             await service.close_session(conn)
 
     async def _loop(self, ws: WebSocket, conn: Conn) -> None:
         while not conn.closed:
             try:
-                msg = await ws.receive()
+                msg = await self.drain.next_frame(ws, conn)   # ws.receive(); none once draining
             except (RuntimeError, WebSocketDisconnect):   # closed under us (suspension, slow reader)
                 return
-            if msg["type"] == "websocket.disconnect":
+            if msg["type"] == "websocket.disconnect" or conn.closed:   # closed while waiting (token expired, ...)
                 return
             text = msg.get("text")
             if text is None:
@@ -235,6 +245,8 @@ class Edge:
         try:
             yield
         finally:
+            # `aftertalk serve` drained every socket before this (gateway/drain.py); this is for an app
+            # served some other way, and for sessions that outlived the drain time
             for conns in list(self.gateway.hub.by_user.values()):
                 for conn in list(conns):
                     conn.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -248,6 +260,7 @@ def create_app(settings: Settings) -> Starlette:
     routes: list[Any] = [*edge.routes(), *gateway.safety.routes()]
     if STATIC.is_dir():
         routes.append(Mount("/", StaticFiles(directory=STATIC, html=True), name="static"))
-    app = Starlette(routes=routes, lifespan=edge.lifespan)
+    app = Starlette(routes=routes, lifespan=edge.lifespan, middleware=[Middleware(DrainGate, drain=edge.drain)])
     app.state.edge = edge
+    app.state.drain = edge.drain
     return app

@@ -29,6 +29,7 @@ from core.redis_client import make_redis
 from gateway.conversations import Conversations
 from gateway.dispatch import Dispatcher
 from gateway.hub import Hub
+from gateway.quotas import ConnectionLeases, TypingHints
 from gateway.safety import Safety
 from gateway.service import Service
 from gateway.settings import Settings
@@ -50,6 +51,7 @@ class Gateway:
     safety: Safety
     service: Service
     dispatcher: Dispatcher
+    leases: ConnectionLeases
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -57,7 +59,8 @@ class Gateway:
         return self.service.gateway_id
 
     def start(self) -> None:
-        self._tasks = [asyncio.get_running_loop().create_task(self.hub.run(on_resync=self._resync_user))]
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.hub.run(on_resync=self._resync_user)), loop.create_task(self.leases.run())]
         self.service.start()
         self.safety.start()
 
@@ -98,7 +101,8 @@ def build(settings: Settings) -> Gateway:
     service = Service(settings, gateway_id=secrets.token_hex(4), match=match, chat=chat,
                       conversations=conversations, hub=hub, moderator=moderator, vocabulary=load_vocabulary(),
                       retention=Retention(redis, keys, retention_s=settings.retention_days * 86400),
-                      safety=safety)
+                      safety=safety, typing_hints=TypingHints(redis, keys, interval_s=settings.typing_interval_s))
+    leases = ConnectionLeases(redis, keys, ttl_s=settings.presence_ttl_s, owner=service.gateway_id)
     dispatcher = Dispatcher(service.handlers(), safety.handlers())
     return Gateway(settings=settings, redis=redis, redis_bytes=redis_bytes, keys=keys, match=match, chat=chat,
-                   hub=hub, safety=safety, service=service, dispatcher=dispatcher)
+                   hub=hub, safety=safety, service=service, dispatcher=dispatcher, leases=leases)

@@ -6,6 +6,10 @@ write, so an idle connection costs no task and a slow reader cannot stall
 whoever is pushing (the hub, a peer).  A reader that falls ``outbox_limit``
 frames behind is closed with 4408; it reconnects and resumes from its last
 ``seq``, so nothing is lost.
+
+A connection also holds at most one timer for its token (``expiry``, armed by
+:class:`gateway.expiry.TokenClock`): the ``token_expiring`` warning, then the
+4401 close at ``exp``.  Closing cancels it (:meth:`Conn.disarm`).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class Conn:
         "close_code",
         "closed",
         "delivered",
+        "expiry",
         "filling",
         "frames",
         "id",
@@ -39,10 +44,8 @@ class Conn:
         "outbox",
         "position",
         "seen",
-        "sends",
         "space",
         "stalled",
-        "typing_at",
         "user",
         "watching",
         "writer",
@@ -50,7 +53,7 @@ class Conn:
     )
 
     def __init__(self, ws: WebSocket, user: Identity, conn_id: str, *, outbox_limit: int,
-                 frames: TokenBucket, sends: TokenBucket, on_slow: Callable[[Conn], None]) -> None:
+                 frames: TokenBucket, on_slow: Callable[[Conn], None]) -> None:
         self.ws = ws
         self.user = user
         self.id = conn_id
@@ -61,8 +64,6 @@ class Conn:
         self.writer: asyncio.Task[None] | None = None
         self.closed = False
         self.frames = frames
-        self.sends = sends
-        self.typing_at: dict[str, float] = {}
         self.watching: set[str] = set()
         self.position: int | None = None
         self.limit = outbox_limit
@@ -70,6 +71,7 @@ class Conn:
         self.close_code: int | None = None
         self.space: asyncio.Event | None = None   # set by the writer as the outbox drains (see wait_room)
         self.stalled = False                      # the writer is waiting for the client to read
+        self.expiry: asyncio.TimerHandle | None = None   # the token's next timer (gateway.expiry.TokenClock)
 
     def push(self, text: str) -> None:
         if self.closed:
@@ -127,9 +129,16 @@ class Conn:
             return
         self.closed = True
         self.close_code = code
+        self.disarm()
         if self.space is not None:
             self.space.set()
         asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    def disarm(self) -> None:
+        """Cancel the token timer (closed, or a reauth arms a new one): a timer holds its connection."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
 
     async def _close(self, code: int, reason: str) -> None:
         try:

@@ -20,16 +20,18 @@ import orjson
 
 from chat.moderation import Moderator, Verdict
 from chat.retention import Retention
-from chat.store import Appended, ChatStore, message_frame
+from chat.store import Appended, ChatStore, SendLimit, message_frame
 from chat.textnorm import is_blank
-from core.errors import ErrorCode, ServiceError, unavailable
+from core.errors import ErrorCode, ServiceError, Unauthorized, unavailable
 from gateway import metrics
-from gateway.auth import Identity
+from gateway.auth import Identity, verify_token
 from gateway.connection import Conn
 from gateway.conversations import Conversations
 from gateway.dispatch import STORE_ERRORS, Handler
+from gateway.expiry import EXPIRED_REASON, TokenClock, reauthorized, refused
 from gateway.hub import Hub
-from gateway.limits import TokenBucket
+from gateway.limits import TokenBucket, retry_after_s
+from gateway.quotas import TypingHints
 from gateway.settings import Settings
 from matcher.profile import parse_profile
 from matcher.store import MatchStore
@@ -51,7 +53,7 @@ class SafetyHooks(Protocol):
 class Service:
     def __init__(self, settings: Settings, *, gateway_id: str, match: MatchStore, chat: ChatStore,
                  conversations: Conversations, hub: Hub, moderator: Moderator, vocabulary: Vocabulary,
-                 retention: Retention, safety: SafetyHooks) -> None:
+                 retention: Retention, safety: SafetyHooks, typing_hints: TypingHints) -> None:
         self.settings = settings
         self.gateway_id = gateway_id
         self.match = match
@@ -62,7 +64,10 @@ class Service:
         self.vocabulary = vocabulary
         self.retention = retention
         self.safety = safety
-        self._send_buckets: dict[str, TokenBucket] = {}
+        # per user, in Redis (one bucket across connections, gateways and reconnects): chat.store.SendLimit
+        self._send_limit = SendLimit(settings.send_rate_per_s, settings.send_burst)
+        self.typing_hints = typing_hints
+        self.token_clock = TokenClock(settings.token_refresh_ahead_s)   # token_expiring, then 4401 at exp
         self._tasks: list[asyncio.Task[None]] = []
 
     def handlers(self) -> dict[str, Handler]:
@@ -72,6 +77,7 @@ class Service:
             "cancel": self.on_cancel, "accept": self.on_accept, "decline": self.on_decline,
             "send": self.on_send, "history": self.on_history, "typing": self.on_typing,
             "end": self.on_end, "block": self.on_block, "feedback": self.on_feedback,
+            "reauth": self.on_reauth,
         }
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -130,11 +136,8 @@ class Service:
     def new_conn(self, ws: Any, user: Identity, on_slow: Callable[[Conn], None]) -> Conn:
         now = time.monotonic()
         s = self.settings
-        sends = self._send_buckets.get(user.id)
-        if sends is None:
-            sends = self._send_buckets[user.id] = TokenBucket(s.send_rate_per_s, s.send_burst, now)
         return Conn(ws, user, secrets.token_hex(6), outbox_limit=s.outbox_limit,
-                    frames=TokenBucket(s.frames_per_s, s.frames_burst, now), sends=sends, on_slow=on_slow)
+                    frames=TokenBucket(s.frames_per_s, s.frames_burst, now), on_slow=on_slow)
 
     async def open_session(self, conn: Conn, resume: dict[str, tuple[int, str | None]]) -> None:
         """Subscribe, register presence, send welcome, replay what a resuming client missed."""
@@ -219,8 +222,6 @@ class Service:
     async def close_session(self, conn: Conn) -> None:
         conn.closed = True
         await self.hub.remove(conn)
-        if not self.hub.conns_of(conn.user.id):
-            self._send_buckets.pop(conn.user.id, None)
         try:
             await self.conversations.open_created(await self.match.disconnected(conn.user.id, conn.id))
         except Exception:
@@ -229,6 +230,25 @@ class Service:
     # ---- frames ---------------------------------------------------------------------
     async def on_ping(self, conn: Conn, frame: dict[str, Any]) -> None:
         conn.push('{"type":"pong"}')
+
+    async def on_reauth(self, conn: Conn, frame: dict[str, Any]) -> None:
+        """A fresh token for the same user and role: the session continues on its clock (gateway.expiry)."""
+        s = self.settings
+        try:
+            fresh = verify_token(frame["token"], s.secret, algorithms=s.jwt_algorithms,
+                                 audience=s.jwt_audience, issuer=s.jwt_issuer)
+        except Unauthorized as exc:
+            raise refused(f"That token is not valid ({exc.reason}).",
+                          "token_expired" if exc.reason == EXPIRED_REASON else "invalid_token") from None
+        user = reauthorized(conn.user, fresh, time.time())
+        if await self.match.is_erased(user.id, user.iat):
+            raise refused("That token was issued before this account was erased.", "erased")
+        if conn.closed:
+            return
+        conn.user = user
+        self.token_clock.arm(conn)
+        exp = user.exp
+        conn.push(orjson.dumps({"type": "reauthed", "exp": int(exp) if exp.is_integer() else exp}).decode())
 
     async def on_availability(self, conn: Conn, frame: dict[str, Any]) -> None:
         s, user = self.settings, conn.user
@@ -285,9 +305,6 @@ class Service:
                                **ref)
         if is_blank(text):      # whitespace, zero-width/format characters, fillers: nothing to read
             raise ServiceError(ErrorCode.BAD_FRAME, "A message needs some text.", **ref)
-        if not conn.sends.take(time.monotonic()):
-            raise ServiceError(ErrorCode.RATE_LIMITED, "You are sending quickly; this message was not sent. "
-                               "Send it again in a moment.", retry_after_s=1, **ref)
         verdict = self.moderator.check(text) if self.settings.moderation else None
         shown = verdict.shown_text if verdict else text
         flags = ",".join(verdict.categories) if verdict else ""
@@ -295,6 +312,8 @@ class Service:
         try:
             appended = await self._append(cid, user, client_id, text, shown, flags)
         except ServiceError as exc:
+            if exc.code == ErrorCode.RATE_LIMITED:      # the sender's bucket in Redis was empty: nothing stored
+                exc.data.setdefault("retry_after_s", retry_after_s(self.settings.send_rate_per_s))
             exc.data.update(ref)
             raise
         metrics.MESSAGES.inc()
@@ -304,8 +323,8 @@ class Service:
             await self.safety.after_flagged(conn, cid, appended, verdict)
 
     async def _append(self, cid: str, user: Identity, client_id: str, text: str, shown: str, flags: str) -> Appended:
-        kwargs = dict(sender_id=user.id, name=user.name, role=user.role, client_id=client_id,
-                      text=text, shown=shown, flags=flags)
+        kwargs: dict[str, Any] = dict(sender_id=user.id, name=user.name, role=user.role, client_id=client_id,
+                                      text=text, shown=shown, flags=flags, limit=self._send_limit)
         try:
             return await self.chat.append(cid, **kwargs)
         except ServiceError as exc:
@@ -339,10 +358,8 @@ class Service:
         cid = frame["conversation_id"]
         if cid not in conn.delivered:
             raise ServiceError(ErrorCode.FORBIDDEN, "You are not part of that conversation.", conversation_id=cid)
-        now = time.monotonic()
-        if now - conn.typing_at.get(cid, 0.0) < self.settings.typing_interval_s:
-            return                  # typing is a hint: extra ones are dropped, never stored
-        conn.typing_at[cid] = now
+        if not await self.typing_hints.claim(conn.user.id, cid):
+            return      # typing is a hint: one per interval per user and conversation (in Redis), never stored
         meta = await self.conversations.participant_meta(cid, conn.user.id)
         if meta.ended:
             return

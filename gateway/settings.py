@@ -47,6 +47,8 @@ class Settings:
     jwt_issuer: str = ""
     allowed_origins: tuple[str, ...] = ()    # empty: same host as the request only
     hello_timeout_s: float = 10.0
+    token_refresh_ahead_s: float = 60.0      # token_expiring this long before exp (at most half the token's life)
+    demo_token_ttl_s: float = 43200.0        # lifetime of the tokens POST /api/demo-token issues (demo mode)
     offer_timeout_s: float = 30.0
     grace_period_s: float = 60.0
     talk_now_rejoin_s: float = 5.0           # a talk-now this soon after the patient's match joins it
@@ -66,6 +68,7 @@ class Settings:
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
     presence_ttl_s: float = 15.0
+    drain_s: float = 10.0                    # on SIGTERM/SIGINT/SIGHUP: time to close every socket (1001)
     max_conns_per_user: int = 10
     max_conns_per_ip: int = 200
     offers_per_patient_hour: int = 30
@@ -292,7 +295,7 @@ def _origins_check(value: Any) -> str | None:
     return None
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
 
 
 def _redis_url_check(value: Any) -> str | None:
@@ -300,15 +303,18 @@ def _redis_url_check(value: Any) -> str | None:
         return "expected text"
     if not value:
         return None                               # empty: an embedded redis-server is started
-    from core.redis_client import is_cluster_url, parse_cluster_url
+    from core.redis_client import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 
-    expected = "expected redis://host:port[/db], rediss://..., unix://path, or redis+cluster://host:port[,host:port...]"
+    expected = ("expected redis://host:port[/db], rediss://..., unix://path, redis+cluster://host:port[,host:port...], "
+                "or redis+sentinel://host:port[,host:port...]/<master-name>[/db]")
     scheme = value.partition("://")[0].lower()
     if scheme not in REDIS_SCHEMES or "://" not in value:
         return expected
     try:
         if is_cluster_url(value):
             parse_cluster_url(value)
+        elif is_sentinel_url(value):
+            parse_sentinel_url(value)
         else:
             parts = urlsplit(value)
             _ = parts.port                        # raises ValueError when not a number 0-65535
@@ -322,7 +328,8 @@ def _redis_url_check(value: Any) -> str | None:
 
 
 def _hide_password(raw: str) -> str:
-    """The URL with any password replaced by ``***``."""
+    """The URL with any password (also a Sentinel URL's ``sentinel_password=``) replaced by ``***``."""
+    raw = re.sub(r"([?&]sentinel_password=)[^&#]*", r"\1***", raw)
     return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", raw)
 
 
@@ -396,6 +403,8 @@ RULES: dict[str, Rule] = {
     "jwt_issuer": _TEXT,
     "allowed_origins": Rule(_comma_list, _origins_check),
     "hello_timeout_s": _SECONDS_ABOVE_0,
+    "token_refresh_ahead_s": _SECONDS_ABOVE_0,
+    "demo_token_ttl_s": _SECONDS_ABOVE_0,
     "offer_timeout_s": _SECONDS_ABOVE_0,
     "grace_period_s": _SECONDS_AT_LEAST_0,
     "talk_now_rejoin_s": _SECONDS_AT_LEAST_0,
@@ -415,6 +424,7 @@ RULES: dict[str, Rule] = {
     "ping_interval_s": _SECONDS_ABOVE_0,
     "ping_timeout_s": _SECONDS_ABOVE_0,
     "presence_ttl_s": _SECONDS_ABOVE_0,
+    "drain_s": _SECONDS_ABOVE_0,
     "max_conns_per_user": _whole(1),
     "max_conns_per_ip": _whole(1),
     "offers_per_patient_hour": _whole(1),

@@ -45,6 +45,7 @@ ROLES = ("anonymous", "patient", "survivor", "moderator", "suspended", "other_pa
 MATRIX: dict[str, tuple[str, ...]] = {
     "hello":         ("welcome", "bad_frame",      "bad_frame",      "bad_frame", "4403", "bad_frame",  "bad_frame"),
     "ping":          ("4401",    "pong",           "pong",           "pong",      "4403", "pong",       "pong"),
+    "reauth":        ("4401",    "reauthed",       "reauthed",       "reauthed",  "4403", "reauthed",   "reauthed"),
     "availability":  ("4401",    "forbidden",      "availability",   "forbidden", "4403", "forbidden",  "availability"),
     "talk_now":      ("4401",    "queued",         "forbidden",      "forbidden", "4403", "queued",     "forbidden"),
     "cancel":        ("4401",    "cancelled",      "forbidden",      "forbidden", "4403", "cancelled",  "forbidden"),
@@ -143,6 +144,10 @@ class World:
         return {"patient": self.a.patient, "survivor": self.a.survivor, "moderator": self.moderator,
                 "other_patient": self.b.patient, "other_survivor": self.b.survivor}[role]
 
+    def fresh_token(self, ftype: str, role: str) -> str:
+        user = (self.actor(ftype, role).welcome or {}).get("user") or {}
+        return token(user.get("role", "patient"), sub=user.get("id"), name=user.get("name"))
+
     def frame(self, ftype: str, role: str) -> dict[str, Any]:
         assert self.a
         cid = self.own[(ftype, role)].cid if (ftype, role) in self.own else self.a.cid
@@ -151,6 +156,7 @@ class World:
         return {
             "hello": {"type": "hello", "token": token("patient", sub=uid("patient"))},
             "ping": {"type": "ping"},
+            "reauth": {"type": "reauth", "token": self.fresh_token(ftype, role)},     # same user and role
             "availability": {"type": "availability", "available": True, "profile": PROFILE, "max_chats": 1},
             "talk_now": {"type": "talk_now", "profile": PROFILE},
             "cancel": {"type": "cancel"},
