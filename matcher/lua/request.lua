@@ -27,8 +27,10 @@ if ARGV[12] and ARGV[12] ~= '' then
   local known = cjson.decode(ARGV[12])
   local window = tonumber(CFG.rejoin_window_s)
   for _, cid in ipairs(redis.call('SMEMBERS', KEY.user_convs(pid))) do
-    local created = tonumber(redis.call('HGET', KEY.conversation(cid), 'created') or 0)
-    if not set_has(known, cid) or NOW - created < window then
+    -- only a conversation this user has as the patient is a match of a talk-now (one account may
+    -- also be a survivor)
+    local c = redis.call('HMGET', KEY.conversation(cid), 'patient', 'created')
+    if c[1] == pid and (not set_has(known, cid) or NOW - tonumber(c[2] or 0) < window) then
       return refuse('already_matched', 'Your request was just matched; your conversation is opening.')
     end
   end

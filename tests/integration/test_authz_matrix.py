@@ -222,7 +222,7 @@ async def signed_in_outcome(client: Client, frame: dict[str, Any], expected: str
 
 
 async def test_every_frame_type_against_every_role(gateways, redis, prefix):
-    g1, g2 = gateways(2)
+    g1, g2 = gateways(2, AFTERTALK_TALK_NOW_REJOIN_S="0")    # patients in a chat ask for another at once
     world = World([g1, g2])
     world.a = await world.pair(flagged=True)
     world.b = await world.pair()

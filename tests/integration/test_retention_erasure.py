@@ -280,7 +280,7 @@ KEPT = {
 
 
 async def test_erasing_a_connected_user_leaves_only_the_documented_traces(gateways, redis, redis_server, prefix):
-    g1, g2 = gateways(2)
+    g1, g2 = gateways(2, AFTERTALK_TALK_NOW_REJOIN_S="0")     # a second talk-now right after a match
     uid = f"both-{prefix}"
     # as a survivor: available, matched with a patient, chatting
     as_survivor = await match_pair(g2.ws_url, g1.ws_url, survivor_id=uid, survivor_name="Uma")
