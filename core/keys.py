@@ -144,6 +144,20 @@ class Keys:
     def wait_index(self) -> str:                  # zset indexed survivor -> time of last match
         return f"{self.ctl}ix:wait"
 
+    # ---- the matcher's request index: who is waiting for an offer now (matcher/lua/lib.lua) --
+    def ready_dx(self, code: str) -> str:         # zset waiting, present request -> enqueue time, per diagnosis
+        return f"{self.ctl}rx:dx:{code}"
+
+    def ready_se(self, code: str) -> str:         # zset waiting, present request -> enqueue time, per side effect
+        return f"{self.ctl}rx:se:{code}"
+
+    def ready_lang(self, code: str) -> str:       # zset waiting, present request -> enqueue time, per language
+        return f"{self.ctl}rx:lang:{code}"
+
+    @property
+    def scratch_ready(self) -> str:               # scratch zset: requests sharing a topic with a survivor
+        return f"{self.ctl}tmp:ready"
+
     @property
     def scratch(self) -> str:                     # a script's scratch zset, deleted before it returns
         return f"{self.ctl}tmp"

@@ -25,9 +25,10 @@ side effects, then the longest wait since the survivor's last match.  Times are 
 clock to the microsecond, so two survivors never share a time of last match in practice; for an
 exact tie on all three the scripts take either.
 
-**Who gets a survivor who frees up** (:func:`offers_for`, lib.lua ``serve_survivor``): the oldest
-requests in the queue (only the first :data:`QUEUE_SCAN`) that are eligible, one after the other
-while the survivor stays open to offers (:func:`after_offer`).
+**Who gets a survivor who frees up** (:func:`offers_for`, lib.lua ``serve_survivor``): of the
+requests within the survivor's reach (:func:`in_reach`: open, sharing a language and a diagnosis or
+side effect; lib.lua's request index), the oldest :data:`QUEUE_SCAN` are looked at, and the eligible
+ones are offered, one after the other while the survivor stays open to offers (:func:`after_offer`).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from typing import Any, Protocol
 from core.errors import ErrorCode, ServiceError
 
 MAX_CODES = 12
-QUEUE_SCAN = 500          # a survivor who frees up is offered to the first this many queued requests
+QUEUE_SCAN = 500          # a survivor who frees up looks at the oldest this many requests in reach
 DAY_S = 86400             # daily caps count conversations begun on one UTC day
 
 
@@ -199,10 +200,19 @@ def best_survivor(req: Request, candidates: Iterable[Candidate], *, now: float, 
     return max(pool, key=lambda c: rank_key(req, c), default=None)
 
 
+def in_reach(req: Request, cand: Candidate) -> bool:
+    """Whether a survivor who frees up looks at this request at all: it is open, and shares a language
+    and a diagnosis or side effect with them (lib.lua ``ready_for``, over the request index)."""
+    p, s = req.profile, cand.profile
+    return request_open(req) and bool(p.languages & s.languages) and bool(
+        p.diagnoses & s.diagnoses or p.side_effects & s.side_effects)
+
+
 def next_patient(cand: Candidate, waiting: Iterable[Request], *, now: float, daily_cap: int) -> Request | None:
     """When a survivor frees up, the oldest queued request they may be offered to (``waiting``: the queue,
-    oldest first; only its first QUEUE_SCAN are looked at)."""
-    for i, req in enumerate(waiting):
+    oldest first; only the first QUEUE_SCAN in reach are looked at)."""
+    reach = (req for req in waiting if in_reach(req, cand))
+    for i, req in enumerate(reach):
         if i >= QUEUE_SCAN:
             return None
         if eligible(req, cand, now=now, daily_cap=daily_cap):
@@ -219,10 +229,10 @@ def after_offer(cand: Candidate, *, now: float) -> Candidate:
 
 def offers_for(cand: Candidate, queue: Sequence[Request], *, now: float, daily_cap: int) -> list[Request]:
     """The requests a survivor who frees up (comes online, says available, ends a conversation, sees an
-    offer end, cools down) is offered to, in order: the eligible ones among the first QUEUE_SCAN of the
-    queue (oldest first), while the survivor stays open to offers."""
+    offer end, cools down) is offered to, in order: the eligible ones among the first QUEUE_SCAN requests
+    in reach (oldest first), while the survivor stays open to offers."""
     out: list[Request] = []
-    for req in queue[:QUEUE_SCAN]:
+    for req in [r for r in queue if in_reach(r, cand)][:QUEUE_SCAN]:
         if not survivor_open(cand, now=now, daily_cap=daily_cap):
             break
         if eligible(req, cand, now=now, daily_cap=daily_cap):

@@ -13,6 +13,7 @@ if op == 'connect' then
   if rq and tonumber(rq.away or '0') > 0 then
     redis.call('HSET', KEY.request(uid), 'away', 0)
     redis.call('ZREM', KEY.away, uid)
+    sync_ready(uid)
     try_match(uid)
   end
   if first and redis.call('EXISTS', KEY.survivor(uid)) == 1 then serve_survivor(uid) end
@@ -27,6 +28,7 @@ else
     if redis.call('EXISTS', KEY.request(uid)) == 1 then
       redis.call('HSET', KEY.request(uid), 'away', NOW)
       redis.call('ZADD', KEY.away, NOW, uid)
+      sync_ready(uid)
     end
   end
 end

@@ -48,6 +48,7 @@ redis.call('HSET', key, 'name', ARGV[6], 'dx', ARGV[7], 'se', ARGV[8], 'lang', A
 redis.call('ZADD', KEY.queue, NOW, pid)
 if strict_until > 0 then redis.call('ZADD', KEY.relax, strict_until, pid) end
 redis.call('HINCRBY', KEY.stats, 'requests', 1)
+sync_ready(pid)
 try_match(pid)
 local after = hgetall(key)
 if not after then return result({state = 'matched', joined = false}) end

@@ -24,6 +24,7 @@ for _, member in ipairs(stale) do
     if redis.call('EXISTS', KEY.request(uid)) == 1 and redis.call('ZSCORE', KEY.away, uid) == false then
       redis.call('HSET', KEY.request(uid), 'away', NOW)
       redis.call('ZADD', KEY.away, NOW, uid)
+      sync_ready(uid)
     end
   end
 end

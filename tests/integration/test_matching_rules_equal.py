@@ -466,8 +466,10 @@ def test_a_survivor_who_frees_up_is_offered_to_the_requests_the_rules_pick(lab):
     assert tally.picked > SURVIVOR_CASES // 4 and tally.kinds.get("2 offered", 0) >= 10, tally.kinds
 
 
-def test_a_survivor_who_frees_up_looks_at_the_first_queue_scan_requests_only(lab):
-    """lib.lua serve_survivor reads the oldest QUEUE_SCAN queued requests; the rules say the same."""
+def test_a_survivor_who_frees_up_looks_past_requests_out_of_reach(lab):
+    """lib.lua serve_survivor reads the oldest QUEUE_SCAN requests in the survivor's reach (the request
+    index: a shared topic and language), so QUEUE_SCAN requests in another language ahead in the queue
+    do not hide the two behind them; the rules say the same."""
     far = Profile(frozenset(["breast"]), frozenset(), frozenset(["th"]))
     near = Profile(frozenset(["breast"]), frozenset(), frozenset(["en"]))
     survivor = SurvivorState("s", near, max_chats=3)
@@ -487,7 +489,7 @@ def test_a_survivor_who_frees_up_looks_at_the_first_queue_scan_requests_only(lab
         return sorted(offered), [r.patient_id for r in offers_for(cand, queue, now=now, daily_cap=CAPS[-1])]
 
     lua, python = lab.run(scenario())
-    assert python == [f"p{QUEUE_SCAN - 1:03d}"]
+    assert python == [f"p{QUEUE_SCAN - 1:03d}", f"p{QUEUE_SCAN:03d}"]
     assert lua == python
 
 

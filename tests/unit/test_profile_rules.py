@@ -327,12 +327,20 @@ def test_a_survivor_who_frees_up_is_offered_while_slots_last():
     assert offers_for(dataclasses.replace(s, online=False), waiting, now=NOW, daily_cap=CAP) == []
 
 
-def test_a_survivor_who_frees_up_looks_at_the_oldest_queue_scan_requests_only():
+def test_a_survivor_who_frees_up_looks_at_the_oldest_queue_scan_requests_in_reach_only():
     s = cand("s")
-    waiting = [req(pid=f"p{i}", lang=["fr"]) for i in range(QUEUE_SCAN)] + [req(pid="late")]
+    # in reach (a shared topic and language) but not eligible: this patient declined them before
+    waiting = [req(pid=f"p{i}", declined=frozenset({"s"})) for i in range(QUEUE_SCAN)] + [req(pid="late")]
     assert next_patient(s, waiting, now=NOW, daily_cap=CAP) is None
     assert offers_for(s, waiting, now=NOW, daily_cap=CAP) == []
     assert next_patient(s, waiting[1:], now=NOW, daily_cap=CAP).patient_id == "late"
+    # out of reach (another language, another topic, offered, away) never count towards the scan
+    far = ([req(pid=f"f{i}", lang=["fr"]) for i in range(QUEUE_SCAN)]
+           + [req(pid=f"t{i}", dx=("lung",), se=("nausea",)) for i in range(QUEUE_SCAN)]
+           + [req(pid=f"o{i}", offered=True) for i in range(QUEUE_SCAN)]
+           + [req(pid=f"a{i}", away=True) for i in range(QUEUE_SCAN)])
+    assert next_patient(s, far + [req(pid="late")], now=NOW, daily_cap=CAP).patient_id == "late"
+    assert [r.patient_id for r in offers_for(s, far + [req(pid="late")], now=NOW, daily_cap=CAP)] == ["late"]
 
 
 # ---------------------------------------------------------------- properties
