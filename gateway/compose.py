@@ -90,7 +90,7 @@ def build(settings: Settings) -> Gateway:
         offers_per_patient_hour=settings.offers_per_patient_hour, presence_ttl_s=settings.presence_ttl_s,
         rejoin_window_s=settings.talk_now_rejoin_s))
     chat = ChatStore(redis, keys, screening=settings.screening)
-    hub = Hub(redis_bytes, keys, chat)
+    hub = Hub(redis_bytes, keys, chat, catchup_concurrency=settings.catchup_concurrency)
     conversations = Conversations(match, chat)
     safety = Safety(settings, match=match, chat=chat, conversations=conversations, hub=hub,
                     flags=FlagStore(redis, keys), audit_log=AuditLog(redis, keys),

@@ -22,8 +22,9 @@ catch-up from the log); control frames stay on the plain link.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -35,6 +36,7 @@ from core.keys import Keys
 from core.redis_client import ClusterClient
 from gateway import metrics
 from gateway.connection import Conn
+from gateway.limits import backoff
 from gateway.link import Link
 from gateway.sharded_pubsub import ShardedSubscriber
 
@@ -44,8 +46,13 @@ FILL_BATCH = 500
 
 class Hub:
     def __init__(self, redis_bytes: Any, keys: Keys, chat: ChatStore, *,
-                 ping_interval_s: float = 1.0, ping_timeout_s: float = 3.0) -> None:
+                 ping_interval_s: float = 1.0, ping_timeout_s: float = 3.0, catchup_concurrency: int = 32) -> None:
         self.redis = redis_bytes
+        # Catch-ups (a log read for one connection and conversation, or one user's control-plane
+        # re-sync) run at most this many at a time; the rest wait their turn, first come first served.
+        # After a real link loss every connection needs one at once: unpaced, thousands of reads hit
+        # Redis together, empty the client pool, and the ones that time out were given up.
+        self._catchup_slots = asyncio.Semaphore(catchup_concurrency)
         self.keys = keys
         self.chat = chat
         self.by_user: dict[str, set[Conn]] = {}
@@ -53,6 +60,7 @@ class Hub:
         self.flag_watchers: set[Conn] = set()
         self.epochs: dict[str, str] = {}
         self._on_resync: Callable[[str], Awaitable[None]] | None = None   # given to run()
+        self._resyncing: asyncio.Task[None] | None = None
         self._user_stem = keys.user_channel("").encode()
         self._watch_stem = keys.watch_channel("").encode()
         self._flag_channel = keys.flag_channel.encode()
@@ -204,33 +212,57 @@ class Hub:
             asyncio.get_running_loop().create_task(self._fill(conn, cid))
 
     async def _fill(self, conn: Conn, cid: str) -> None:
-        """Write every logged message after conn.delivered[cid], in order, then hand back to live delivery."""
-        moderator_view = conn.user.role == "moderator"
-        reserve = max(1, conn.limit // 2)        # outbox room kept free for acks and control frames
+        """Write every logged message after conn.delivered[cid], in order, then hand back to live delivery.
+        A failed read (Redis restarting, loading, pool timeout) is retried with backoff while the
+        connection is open: a catch-up is never given up, or the connection would miss messages until
+        the next one arrived."""
         metrics.GAP_FILLS.inc()
+        delays = backoff(initial=0.2, maximum=5.0)
         try:
-            if self.shards is not None and cid in self.followers:
-                # the shard subscription must be confirmed before the log is read, or a message
-                # appended in between would wait for the next one to be noticed
-                await self._shard_subscribe(self.keys.conv_live(cid).encode())
             while not conn.closed:
-                after = conn.delivered.get(cid, 0)
-                batch = await self.chat.read_after(cid, after, FILL_BATCH)
-                epoch = self.epochs.get(cid, "")
-                for m in batch:
-                    if len(conn.outbox) + reserve > conn.limit:
-                        await conn.wait_room(reserve)
-                        if conn.closed:
-                            return
-                    conn.push(orjson.dumps(message_frame(cid, epoch, m, moderator_view=moderator_view)).decode())
-                    conn.delivered[cid] = m.seq
-                if len(batch) < FILL_BATCH and conn.seen.get(cid, 0) <= conn.delivered.get(cid, 0):
-                    break
-        except Exception:
-            log.warning("catch-up from the log failed; will retry on the next message or reconnect")
+                try:
+                    await self._fill_from_log(conn, cid)
+                    return
+                except Exception as exc:
+                    log.warning("catch-up from the log failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(next(delays))
         finally:
             conn.filling.discard(cid)
             conn.seen.pop(cid, None)
+
+    async def _fill_from_log(self, conn: Conn, cid: str) -> None:
+        moderator_view = conn.user.role == "moderator"
+        reserve = max(1, conn.limit // 2)        # outbox room kept free for acks and control frames
+        if self.shards is not None and cid in self.followers:
+            # the shard subscription must be confirmed before the log is read, or a message
+            # appended in between would wait for the next one to be noticed
+            await self._shard_subscribe(self.keys.conv_live(cid).encode())
+        while not conn.closed:
+            after = conn.delivered.get(cid, 0)
+            async with self._catchup_slot():
+                batch = await self.chat.read_after(cid, after, FILL_BATCH)
+            epoch = self.epochs.get(cid, "")
+            for m in batch:
+                if len(conn.outbox) + reserve > conn.limit:
+                    await conn.wait_room(reserve)       # a slow reader waits without holding a slot
+                    if conn.closed:
+                        return
+                conn.push(orjson.dumps(message_frame(cid, epoch, m, moderator_view=moderator_view)).decode())
+                conn.delivered[cid] = m.seq
+            if len(batch) < FILL_BATCH and conn.seen.get(cid, 0) <= conn.delivered.get(cid, 0):
+                return
+
+    @contextlib.asynccontextmanager
+    async def _catchup_slot(self) -> AsyncIterator[None]:
+        metrics.CATCHUPS_WAITING.inc()
+        try:
+            await self._catchup_slots.acquire()
+        finally:
+            metrics.CATCHUPS_WAITING.dec()
+        try:
+            yield
+        finally:
+            self._catchup_slots.release()
 
     # ---- the pub/sub link ---------------------------------------------------------
     async def run(self, on_resync: Callable[[str], Awaitable[None]] | None = None) -> None:
@@ -245,19 +277,38 @@ class Hub:
         await self._resync_all()
 
     async def _resync_all(self) -> None:
-        """After (re)subscribing: catch every connection up from the log and from the control plane."""
-        for uid, conns in list(self.by_user.items()):
+        """After (re)subscribing: catch every connection up from the log and from the control plane,
+        paced by the catch-up slots (see __init__)."""
+        for conns in list(self.by_user.values()):
             for conn in list(conns):
                 for cid in list(conn.delivered):
                     self.fill(conn, cid)
-            if self._on_resync is not None:
-                try:
-                    await self._on_resync(uid)
-                except Exception:
-                    log.warning("re-sync of a user failed")
         for cid, group in list(self.watchers.items()):
             for conn in list(group):
                 self.fill(conn, cid)
+        if self._on_resync is not None:
+            # in the background: the link starts listening now (live messages must not back up in
+            # Redis's output buffer for this client while thousands of users are re-synced)
+            if self._resyncing is not None:
+                self._resyncing.cancel()          # superseded: this round re-syncs everyone again
+            users = list(self.by_user)
+            self._resyncing = asyncio.get_running_loop().create_task(self._resync_users(users))
+
+    async def _resync_users(self, users: list[str]) -> None:
+        await asyncio.gather(*(self._resync_user(uid) for uid in users))
+
+    async def _resync_user(self, uid: str) -> None:
+        """One user's control-plane re-sync, retried with backoff while they still have connections here."""
+        assert self._on_resync is not None
+        delays = backoff(initial=0.2, maximum=5.0)
+        while self.by_user.get(uid):
+            try:
+                async with self._catchup_slot():
+                    await self._on_resync(uid)
+                return
+            except Exception as exc:
+                log.warning("re-sync of a user failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(next(delays))
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         if channel.startswith(self._user_stem):
@@ -348,5 +399,7 @@ class Hub:
 
     def stop(self) -> None:
         self.link.stop()
+        if self._resyncing is not None:
+            self._resyncing.cancel()
         if self.shards is not None:
             self.shards.stop()

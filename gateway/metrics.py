@@ -16,6 +16,8 @@ MESSAGES = Counter("aftertalk_messages_total", "Messages acknowledged by this pr
 DELIVERED = Counter("aftertalk_frames_delivered_total", "Live message frames written to sockets", registry=REGISTRY)
 ERRORS = Counter("aftertalk_error_frames_total", "Error frames sent", ["code"], registry=REGISTRY)
 GAP_FILLS = Counter("aftertalk_gap_fills_total", "Times a connection was caught up from the log", registry=REGISTRY)
+CATCHUPS_WAITING = Gauge("aftertalk_catchups_waiting", "Catch-ups (log reads, user re-syncs) waiting for one of the "
+                         "AFTERTALK_CATCHUP_CONCURRENCY slots", registry=REGISTRY)
 SLOW_CLOSES = Counter("aftertalk_slow_consumer_closes_total", "Connections cut for not reading", registry=REGISTRY)
 PUBSUB_RECONNECTS = Counter("aftertalk_pubsub_reconnects_total", "Pub/sub link re-established", registry=REGISTRY)
 FLAGS = Counter("aftertalk_flags_total", "Moderation flags raised here", ["category"], registry=REGISTRY)

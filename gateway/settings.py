@@ -52,6 +52,7 @@ class Settings:
     offer_timeout_s: float = 30.0
     grace_period_s: float = 60.0
     talk_now_rejoin_s: float = 5.0           # a talk-now this soon after the patient's match joins it
+    catchup_concurrency: int = 32            # catch-ups from the log / re-syncs at once (gateway/hub.py)
     survivor_cooldown_s: float = 0.0
     survivor_daily_cap: int = 20
     max_chats_limit: int = 5
@@ -408,6 +409,7 @@ RULES: dict[str, Rule] = {
     "offer_timeout_s": _SECONDS_ABOVE_0,
     "grace_period_s": _SECONDS_AT_LEAST_0,
     "talk_now_rejoin_s": _SECONDS_AT_LEAST_0,
+    "catchup_concurrency": _whole(1),
     "survivor_cooldown_s": _SECONDS_AT_LEAST_0,
     "survivor_daily_cap": _whole(1),
     "max_chats_limit": _whole(1),
