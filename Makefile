@@ -51,9 +51,15 @@ bench-relay: $(STAMP) $(PEERS_STAMP)
 bench-soak: $(STAMP)
 	$(BIN)/python bench/soak.py $(ARGS)
 
-.PHONY: bench-load bench-idle
+.PHONY: bench-load bench-idle bench-availability bench-recovery
 bench-load: $(STAMP)
 	$(BIN)/python bench/load_test.py $(ARGS)
+
+bench-availability: $(STAMP)
+	$(BIN)/python bench/availability_burst.py $(ARGS)
+
+bench-recovery: $(STAMP)
+	$(BIN)/python bench/recovery_bench.py $(ARGS)
 
 bench-idle: $(STAMP)
 	$(BIN)/python bench/idle_conns.py $(ARGS)
