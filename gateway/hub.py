@@ -204,14 +204,16 @@ class Hub:
                     self.fill(conn, cid)
 
     # ---- catching up from the log -----------------------------------------------
-    def fill(self, conn: Conn, cid: str) -> None:
+    def fill(self, conn: Conn, cid: str, *, verify: bool = False) -> None:
+        """Catch ``conn`` up on ``cid`` from the log.  ``verify`` (after a link loss): first check that
+        the log still holds everything the connection was shown."""
         if self.shards is not None:
             self._follow(conn, cid)
         if cid not in conn.filling:
             conn.filling.add(cid)
-            asyncio.get_running_loop().create_task(self._fill(conn, cid))
+            asyncio.get_running_loop().create_task(self._fill(conn, cid, verify))
 
-    async def _fill(self, conn: Conn, cid: str) -> None:
+    async def _fill(self, conn: Conn, cid: str, verify: bool = False) -> None:
         """Write every logged message after conn.delivered[cid], in order, then hand back to live delivery.
         A failed read (Redis restarting, loading, pool timeout) is retried with backoff while the
         connection is open: a catch-up is never given up, or the connection would miss messages until
@@ -221,6 +223,9 @@ class Hub:
         try:
             while not conn.closed:
                 try:
+                    if verify:
+                        await self._verify_log(conn, cid)
+                        verify = False
                     await self._fill_from_log(conn, cid)
                     return
                 except Exception as exc:
@@ -229,6 +234,21 @@ class Hub:
         finally:
             conn.filling.discard(cid)
             conn.seen.pop(cid, None)
+
+    async def _verify_log(self, conn: Conn, cid: str) -> None:
+        """A connection that stayed open while Redis failed over may have been shown messages the new
+        primary never got (replication is asynchronous).  Its log is then behind what the connection
+        saw, and the next messages would reuse those seqs: say so (``recovery_failed``, ``log_behind``,
+        as a resume does) and give it the log from seq 1 as it now stands.  (Messages appended by other
+        gateways before this check can hide the gap; docs/protocol.md says so.)"""
+        async with self._catchup_slot():
+            meta = await self.chat.meta(cid)
+        if meta is not None and meta.seq < conn.delivered.get(cid, 0):
+            conn.push(orjson.dumps({"type": "error", "code": "recovery_failed", "ref": "resync",
+                                    "conversation_id": cid, "reason": "log_behind",
+                                    "message": "This conversation's history could not be kept as you saw it; "
+                                               "reload the transcript."}).decode())
+            conn.delivered[cid] = 0
 
     async def _fill_from_log(self, conn: Conn, cid: str) -> None:
         moderator_view = conn.user.role == "moderator"
@@ -274,18 +294,18 @@ class Hub:
 
     async def _linked(self, channels: list[bytes], reconnect: bool) -> None:
         """Every connection of the plain link, the first included (see :class:`gateway.link.Link`)."""
-        await self._resync_all()
+        await self._resync_all(reconnect)
 
-    async def _resync_all(self) -> None:
+    async def _resync_all(self, reconnect: bool = True) -> None:
         """After (re)subscribing: catch every connection up from the log and from the control plane,
         paced by the catch-up slots (see __init__)."""
         for conns in list(self.by_user.values()):
             for conn in list(conns):
                 for cid in list(conn.delivered):
-                    self.fill(conn, cid)
+                    self.fill(conn, cid, verify=reconnect)
         for cid, group in list(self.watchers.items()):
             for conn in list(group):
-                self.fill(conn, cid)
+                self.fill(conn, cid, verify=reconnect)
         if self._on_resync is not None:
             # in the background: the link starts listening now (live messages must not back up in
             # Redis's output buffer for this client while thousands of users are re-synced)

@@ -15,7 +15,7 @@ import pytest
 
 from chat.store import ChatStore
 from core.keys import Keys
-from support.chat_pair import match_pair, metric, wait_for
+from support.chat_pair import match_pair, metric, send_frame, wait_for
 from support.gateway import GatewayLauncher
 from support.redis_server import RedisServer
 
@@ -74,3 +74,45 @@ async def test_every_connection_is_caught_up_after_a_redis_restart_through_few_s
             assert waiting == 0
     finally:
         launcher.stop_all()
+
+
+async def test_connections_open_through_lost_writes_are_told_and_given_the_log_as_it_stands(prefix, tmp_path):
+    """A failover that loses acknowledged writes, seen from connections that stay open: the log comes
+    back shorter than what they were shown.  Each is told (recovery_failed, log_behind) and given the
+    log from seq 1, and the next message, which reuses a seq they saw, reaches them all the same."""
+    import signal
+
+    import redis.asyncio as aioredis
+
+    server = RedisServer(appendonly=False).start()       # a snapshot stands for what the replica had
+    launcher = GatewayLauncher(server.url, prefix, str(tmp_path))
+    try:
+        g1, g2 = launcher(2)
+        pair = await match_pair(g1.ws_url, g2.ws_url)
+        cid = pair.cid
+
+        async def say(client_id: str) -> int:
+            await pair.patient.send(send_frame(cid, client_id, client_id))
+            seq = (await pair.patient.expect("ack", client_id=client_id))["seq"]
+            await pair.survivor.expect("message", client_id=client_id)
+            return int(seq)
+
+        for i in range(3):
+            await say(f"kept-{i}")
+        admin = aioredis.Redis.from_url(server.url)
+        await admin.save()                                 # what the replica had
+        await admin.aclose()
+        assert [await say(f"lost-{i}") for i in range(3)] == [4, 5, 6]   # acknowledged, then lost
+        await asyncio.to_thread(server.stop, signal.SIGKILL)
+        await asyncio.to_thread(server.start)              # the "promoted replica": seqs 1-3 only
+        for client in (pair.patient, pair.survivor):
+            err = await client.expect("error", timeout=15, code="recovery_failed")
+            assert (err["conversation_id"], err["reason"], err["ref"]) == (cid, "log_behind", "resync")
+        for client in (pair.patient, pair.survivor):       # the log as it stands, from seq 1
+            await wait_for(lambda c=client: [m["client_id"] for m in c.of_type("message")
+                                             if m["seq"] <= 3][-3:] == ["kept-0", "kept-1", "kept-2"],
+                           10, "the log replayed")
+        assert await say("after") == 4                     # seq 4 again: delivered, not taken for a duplicate
+    finally:
+        launcher.stop_all()
+        server.cleanup()
