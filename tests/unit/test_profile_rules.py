@@ -339,8 +339,8 @@ def test_a_survivor_who_frees_up_looks_at_the_oldest_queue_scan_requests_in_reac
            + [req(pid=f"t{i}", dx=("lung",), se=("nausea",)) for i in range(QUEUE_SCAN)]
            + [req(pid=f"o{i}", offered=True) for i in range(QUEUE_SCAN)]
            + [req(pid=f"a{i}", away=True) for i in range(QUEUE_SCAN)])
-    assert next_patient(s, far + [req(pid="late")], now=NOW, daily_cap=CAP).patient_id == "late"
-    assert [r.patient_id for r in offers_for(s, far + [req(pid="late")], now=NOW, daily_cap=CAP)] == ["late"]
+    assert next_patient(s, [*far, req(pid="late")], now=NOW, daily_cap=CAP).patient_id == "late"
+    assert [r.patient_id for r in offers_for(s, [*far, req(pid="late")], now=NOW, daily_cap=CAP)] == ["late"]
 
 
 # ---------------------------------------------------------------- properties
