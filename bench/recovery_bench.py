@@ -35,22 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orjson
 import redis.asyncio as aioredis
 from common import RedisServer, machine, prioritize, stamp
-from loadgen import Client
+from loadgen import AftertalkProtocol, Client
 from systems import Aftertalk, proc_cpu_seconds
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 MARK = "after-restart"
 
 
 async def open_client(client: Client, got: dict[int, float], errors: dict[str, int]) -> None:
-    url, tok = client.target
-    client.ws = await connect(url, compression=None, max_size=2**20, open_timeout=60, ping_interval=None)
-    await client.ws.send(orjson.dumps({"type": "hello", "token": tok}).decode())
-    welcome = orjson.loads(await client.ws.recv())
-    if welcome.get("type") != "welcome" or not welcome.get("conversations"):
-        raise RuntimeError(f"unexpected welcome: {str(welcome)[:300]}")
-    client.conversation = welcome["conversations"][0]["conversation_id"]
+    await AftertalkProtocol().open(client)                 # hello, welcome, its conversation
 
     async def read() -> None:
         try:

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from support.redis_server import free_port
+from support.redis_server import free_port, stop_processes
 
 
 def _cli(*args: str, timeout: float = 30.0) -> str:
@@ -147,15 +147,7 @@ class RedisClusterNodes:
             proc.wait()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs.values())
 
     def cleanup(self) -> None:
         self.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis as sync_redis
 
-from support.redis_server import free_port
+from support.redis_server import free_port, stop_processes
 
 MASTER = "aftertalk"
 
@@ -200,16 +200,7 @@ class RedisSentinelSet:
             r.execute_command("CLIENT", "KILL", "TYPE", "replica")
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)      # a paused process cannot act on SIGTERM
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs.values())
 
     def cleanup(self) -> None:
         self.stop()
