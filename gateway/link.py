@@ -59,6 +59,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from redis.asyncio.client import PubSub
+from redis.crc import key_slot
 
 from gateway import metrics
 from gateway.limits import backoff
@@ -157,7 +158,14 @@ class Link:
 
     async def _subscribe(self, pubsub: PubSub, channels: list[bytes]) -> None:
         if self.sharded:
-            await pubsub.ssubscribe(*channels)
+            # one SSUBSCRIBE per hash slot: Redis refuses channels of several slots in one (CROSSSLOT),
+            # and a node's link (re)subscribing every conversation it holds would fail, reconnect and
+            # fail again, for as long as it held two conversations in different slots
+            by_slot: dict[int, list[bytes]] = {}
+            for channel in channels:
+                by_slot.setdefault(key_slot(channel), []).append(channel)
+            for group in by_slot.values():
+                await pubsub.ssubscribe(*group)
         else:
             await pubsub.subscribe(*channels)
 

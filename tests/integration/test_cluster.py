@@ -488,3 +488,30 @@ async def test_killed_pubsub_connections_resubscribe_shard_channels_and_catch_up
     assert report.ok(), report.summary()
     await pair.patient.close()
     await pair.survivor.close()
+
+
+async def test_a_link_holding_conversations_of_many_slots_resubscribes_them_all(cluster_gateways, cluster, prefix):
+    """A node's shard link that comes back holding conversations in different slots subscribes them all
+    (one SSUBSCRIBE per slot: one command for several slots is refused with CROSSSLOT, and the link
+    then failed, reconnected and failed again, serving every message from the log catch-up), and
+    stays up."""
+    import redis as sync_redis
+
+    from support.chat_pair import metric
+
+    keys = Keys(prefix)
+    g1, g2 = cluster_gateways(2)
+    pairs = [await match_pair(g1.ws_url, g2.ws_url) for _ in range(12)]
+    channels = [keys.conv_live(p.cid) for p in pairs]
+    assert len({cluster.owner_of(c) for c in channels}) > 1
+    await wait_for(lambda: all(shard_subscribers(cluster, c) == 2 for c in channels), 10, "every conversation followed")
+    for port in cluster.ports:
+        with sync_redis.Redis(port=port) as r:
+            r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await wait_for(lambda: all(shard_subscribers(cluster, c) == 2 for c in channels), 10, "every conversation again")
+    reconnects = [await metric(g.url, "aftertalk_pubsub_reconnects_total") for g in (g1, g2)]
+    await asyncio.sleep(3)
+    assert [await metric(g.url, "aftertalk_pubsub_reconnects_total") for g in (g1, g2)] == reconnects  # links stay up
+    for i, p in enumerate(pairs):            # and each conversation is live on them
+        await p.patient.send(send_frame(p.cid, f"after-{i}"))
+        await p.survivor.expect("message", client_id=f"after-{i}")
