@@ -19,7 +19,85 @@ for p in (ROOT, ROOT / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from support.redis_cluster import RedisClusterNodes  # noqa: E402
 from support.redis_server import RedisServer, free_port  # noqa: E402,F401
+
+BACKENDS = ("single", "cluster")
+
+
+class Backend:
+    """A benchmark's private Redis: one redis-server (``single``) or a local Redis Cluster of three
+    primaries and no replicas (``cluster``, the tests' ``RedisClusterNodes``), append-only with fsync every
+    second in both.  ``url`` is what the service takes (``redis://`` or ``redis+cluster://``); ``pids``
+    are every redis-server process, so a CPU meter counts all the nodes."""
+
+    def __init__(self, kind: str, *, appendonly: bool = True, primaries: int = 3) -> None:
+        if kind not in BACKENDS:
+            raise ValueError(f"unknown Redis backend {kind!r} (want one of {', '.join(BACKENDS)})")
+        self.kind = kind
+        self.appendonly = appendonly
+        self.single: RedisServer | None = None
+        self.cluster: RedisClusterNodes | None = None
+        self.primaries = primaries
+
+    def start(self) -> Backend:
+        if self.kind == "single":
+            self.single = RedisServer(appendonly=self.appendonly).start()
+        else:
+            self.cluster = RedisClusterNodes(primaries=self.primaries).start()
+            if not self.appendonly:
+                for port in self.ports:
+                    subprocess.run(["redis-cli", "-p", str(port), "config", "set", "appendonly", "no"],
+                                   check=True, capture_output=True)
+        return self
+
+    @property
+    def url(self) -> str:
+        if self.single:
+            return self.single.url
+        assert self.cluster
+        return self.cluster.url
+
+    @property
+    def ports(self) -> list[int]:
+        """Every node's port (the cluster's are all primaries)."""
+        if self.single:
+            return [self.single.port]
+        assert self.cluster
+        return list(self.cluster.ports)
+
+    def pids(self) -> list[int]:
+        if self.single:
+            assert self.single.proc
+            return [self.single.proc.pid]
+        assert self.cluster
+        return [proc.pid for proc in self.cluster.procs.values()]
+
+    def owner_of(self, key: str) -> int:
+        """The port of the node that holds ``key`` (the one node, or the primary owning its slot)."""
+        if self.single:
+            return self.single.port
+        assert self.cluster
+        return self.cluster.owner_of(key)
+
+    def flushall(self) -> None:
+        import redis as redis_lib
+
+        for port in self.ports:
+            with redis_lib.Redis(host="127.0.0.1", port=port) as r:
+                r.flushall()
+
+    def describe(self) -> str:
+        if self.single:
+            return f"one redis-server on port {self.single.port}"
+        return f"Redis Cluster, {self.primaries} primaries on ports {', '.join(map(str, self.ports))}, no replicas"
+
+    def cleanup(self) -> None:
+        if self.single:
+            self.single.cleanup()
+        if self.cluster:
+            self.cluster.cleanup()
+        self.single = self.cluster = None
 
 # ---- realistic profile mixes --------------------------------------------------------------
 # Weights loosely follow incidence among adult survivors (breast, prostate, colorectal, lung

@@ -1,7 +1,7 @@
 """Relay benchmark: delivered msgs/s and end-to-end latency, ours against Django Channels, same run.
 
 Usage: ``make bench-relay`` or ``.venv/bin/python bench/relay_bench.py [--pairs 100] [--fixed 1000]
-[--seconds 8] [--systems on,off,core,pubsub] [--no-pin]``
+[--seconds 8] [--systems on,off,core,pubsub] [--redis single,cluster] [--no-pin]``
 
 For each system in turn, on one private redis-server (append-only, fsync every second, as deployed):
 two server processes, ``--pairs`` conversations (ours: made by the real matcher scripts, patient on
@@ -14,10 +14,18 @@ load-generator process (bench/loadgen.py) in which every client sends at the sam
   Saturation is the highest passing rate below the first failing one (a failing step is retried once,
   the machine being shared).
 
-CPU split (2 cores): with pinning (the default) the redis-server and all server processes run on
-core 0 and the load generator on core 1 (``os.sched_setaffinity`` before/after spawning them), so
+Redis (``--redis``): ``single`` (the default) is the one redis-server above; ``cluster`` is a local Redis
+Cluster of three primaries (tests/support/redis_cluster.py), and our gateways get its
+``redis+cluster://`` URL (sharded pub/sub for chat messages, one EVALSHA per append routed to the
+conversation's slot).  ``--redis single,cluster`` runs every system on one, then on the other, in the
+same session.  Django Channels' layers are not cluster clients, so the Channels systems run only on
+``single`` (skipped, with a note, on ``cluster``).
+
+CPU split (2 cores): with pinning (the default) the redis-server (every cluster node) and all server
+processes run on core 0 and the load generator on core 1 (``os.sched_setaffinity`` before/after spawning them), so
 every system gets the same one core for Redis plus two server processes.  Each step records the
-servers' CPU use (% of one core, from /proc) and the generator's, and how late the generator ran.
+servers' CPU use (% of one core, from /proc: the server processes and every Redis node) and each Redis
+node's alone, and the generator's, and how late the generator ran.
 """
 from __future__ import annotations
 
@@ -31,13 +39,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RedisServer, machine, prioritize, stamp
+from common import BACKENDS, Backend, machine, prioritize, stamp
 from loadgen import LoadGen
 from systems import Aftertalk, ChannelsRelay, System, proc_cpu_seconds
 
 DEFAULT_LADDER = [250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 10000]
 P99_LIMIT_MS = 100.0
 CPU_PROBE = 500.0           # the ladder step at which CPU per message is compared
+OURS = ("on", "off", "screen-on", "screen-off")   # the systems that can run on a Redis Cluster
 
 
 def passed(r: dict[str, Any]) -> bool:
@@ -98,7 +107,7 @@ def line(name: str, label: str, r: dict[str, Any]) -> str:
             f"{'' if passed(r) else '  FAIL: ' + why_failed(r)}")
 
 
-async def bench_system(system: System, redis: RedisServer, args: argparse.Namespace,
+async def bench_system(system: System, redis: Backend, args: argparse.Namespace,
                        server_cpus: set[int] | None, gen_cpus: set[int] | None) -> dict[str, Any]:
     if server_cpus:
         os.sched_setaffinity(0, server_cpus)          # children inherit: the servers land on the server core
@@ -107,8 +116,10 @@ async def bench_system(system: System, redis: RedisServer, args: argparse.Namesp
     finally:
         if gen_cpus:
             os.sched_setaffinity(0, gen_cpus)
-    meter = Meter([*system.pids(), redis.proc.pid])
-    result: dict[str, Any] = {"system": system.name, "fixed": None, "ladder": [], "saturation": None}
+    meter = Meter([*system.pids(), *redis.pids()])
+    node_meters = [Meter([pid]) for pid in redis.pids()]
+    result: dict[str, Any] = {"system": system.name, "redis": redis.kind, "fixed": None, "ladder": [],
+                              "saturation": None}
     try:
         protocol, clients = await system.make_clients(args.pairs)
         gen = LoadGen(protocol, clients)
@@ -119,8 +130,11 @@ async def bench_system(system: System, redis: RedisServer, args: argparse.Namesp
             nonlocal step
             step += 1
             meter.reset()
+            for m in node_meters:
+                m.reset()
             r = await gen.run_step(step, rate, seconds)
             r["server_cpu_pct"] = meter.pct()
+            r["redis_node_cpu_pct"] = [m.pct() for m in node_meters]
             print(line(system.name, label, r), flush=True)
             return r
 
@@ -163,16 +177,21 @@ def report(results: list[dict[str, Any]], command: str, date: str, machine_line:
         cpu = f"{cpu_us_per_msg(probe):,.0f} µs" if probe else "–"
         out.append(f"| {res['system']} | {fixed} | {sat} | {nxt} | {cpu} |")
     out.append("")
-    out.append("Every step (offered/s: lost, p99, server CPU % of one core):")
+    out.append("Every step (offered/s: lost, p99, server CPU % of one core; with several Redis nodes, each "
+               "node's CPU % in brackets):")
     for res in results:
         steps = ([res["fixed"]] if res["fixed"] else []) + res["ladder"]
         out.append(f"- {res['system']}: " + "; ".join(
             f"{r['offered_per_s']:,.0f}: {r['lost']} lost, {r['p99_ms']:,.0f} ms, {r['server_cpu_pct']:.0f} %"
+            + (f" [{' / '.join(f'{c:.0f}' for c in r['redis_node_cpu_pct'])}]"
+               if len(r.get("redis_node_cpu_pct", [])) > 1 else "")
             for r in steps))
     return "\n".join(out)
 
 
 async def main(args: argparse.Namespace) -> None:
+    if bad := [k for k in args.redis if k not in BACKENDS]:
+        raise SystemExit(f"--redis: unknown {', '.join(bad)} (want {' or '.join(BACKENDS)})")
     if args.report:
         saved = json.loads(Path(args.report).read_text())
         print(report(saved["results"], saved["command"], saved["date"], saved["machine"]))
@@ -185,29 +204,38 @@ async def main(args: argparse.Namespace) -> None:
         server_cpus, gen_cpus = {0}, {1}
     print(f"# relay benchmark, {stamp()}, {machine()}, load average {os.getloadavg()[0]:.2f}")
     print(f"# {args.pairs} pairs; servers + redis on CPU {server_cpus or 'any'}, load generator on CPU "
-          f"{gen_cpus or 'any'}; {priority}", flush=True)
+          f"{gen_cpus or 'any'}; {priority}; redis: {', '.join(args.redis)}", flush=True)
     log_dir = Path(__file__).resolve().parent / "results"
     log_dir.mkdir(exist_ok=True)
-    if server_cpus:
-        os.sched_setaffinity(0, server_cpus)
-    redis = RedisServer(appendonly=args.aof).start()
-    if gen_cpus:
-        os.sched_setaffinity(0, gen_cpus)
     results = []
-    try:
+    for kind in args.redis:
+        systems = [key for key in args.systems if kind == "single" or key in OURS]
         for key in args.systems:
-            system = make_system(key, str(log_dir), args.gateway_code)
-            results.append(await bench_system(system, redis, args, server_cpus, gen_cpus))
-            import redis as redis_lib
-            redis_lib.Redis.from_url(redis.url).flushall()
-    finally:
-        redis.cleanup()
+            if key not in systems:
+                print(f"# {key}: skipped on {kind} (Django Channels' redis layers are not Redis Cluster clients)")
+        if not systems:
+            continue
+        if server_cpus:
+            os.sched_setaffinity(0, server_cpus)  # every Redis node on the server core
+        redis = Backend(kind, appendonly=args.aof).start()
+        if gen_cpus:
+            os.sched_setaffinity(0, gen_cpus)
+        print(f"# redis: {redis.describe()}, load average {os.getloadavg()[0]:.2f}", flush=True)
+        try:
+            for key in systems:
+                system = make_system(key, str(log_dir), args.gateway_code)
+                if len(args.redis) > 1 or kind != "single":
+                    system.name += ", single Redis" if kind == "single" else ", Redis Cluster"
+                results.append(await bench_system(system, redis, args, server_cpus, gen_cpus))
+                redis.flushall()
+        finally:
+            redis.cleanup()
     text = report(results, command, stamp(), machine())
     print()
     print(text)
     out = log_dir / f"relay-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"command": command, "machine": machine(), "date": stamp(), "results": results},
-                              indent=1))
+    out.write_text(json.dumps({"command": command, "machine": machine(), "date": stamp(), "redis": args.redis,
+                               "results": results}, indent=1))
     print(f"\n(raw figures: {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out})")
 
 
@@ -220,6 +248,11 @@ if __name__ == "__main__":
                         help="offered rates (msgs/s in total) tried in order to find saturation")
     parser.add_argument("--systems", type=lambda s: s.split(","), default=["on", "off", "core", "pubsub"],
                         help="on/off: ours with moderation on/off; core/pubsub: the Channels layers")
+    parser.add_argument("--redis", type=lambda s: s.split(","), default=["single"],
+                        help="single: one redis-server; cluster: a local Redis Cluster of 3 primaries (our "
+                             "systems only); single,cluster: both, one after the other, in this run")
+    parser.add_argument("--cluster", dest="redis", action="store_const", const=["cluster"],
+                        help="the same as --redis cluster")
     parser.add_argument("--gateway-code", default="",
                         help="run our gateways from this directory (a copy of gateway/, chat/, matcher/): "
                              "before/after figures of a change")

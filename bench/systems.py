@@ -86,14 +86,13 @@ class Aftertalk(System):
     async def make_conversations(self, pairs: int) -> list[tuple[str, str]]:
         """(patient id, survivor id) of ``pairs`` open conversations, made by the matcher's scripts:
         an auto-accepting survivor is available, a patient presses talk-now, the chat log is opened."""
-        import redis.asyncio as aioredis
-
         from chat.store import ChatStore
         from core.keys import Keys
+        from core.redis_client import make_redis
         from matcher.profile import Profile
         from matcher.store import MatcherConfig, MatchStore
 
-        redis = aioredis.Redis.from_url(self.redis_url, decode_responses=True)
+        redis = make_redis(self.redis_url, decode=True)     # one node or a cluster, as the gateways
         keys = Keys(self.prefix)
         match, chat = MatchStore(redis, keys, MatcherConfig(daily_cap=10**9)), ChatStore(redis, keys)
         profile = Profile(frozenset({"breast"}), frozenset({"fatigue"}), frozenset({"en"}))
