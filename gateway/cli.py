@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None, help=f"bind address (env {ENV_NAMES['host']}, default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help=f"port (env {ENV_NAMES['port']}, default 8000)")
     serve.add_argument("--redis-url", default=None, help=f"Redis URL (env {ENV_NAMES['redis_url']}): "
-                       "redis://host:port/0, or redis+cluster://host:port[,host:port...] for Redis Cluster; "
+                       "redis://host:port/0, redis+cluster://host:port[,host:port...] for Redis Cluster, or "
+                       "redis+sentinel://host:port[,host:port...]/master-name[/db] for Sentinel; "
                        "without one an embedded redis-server is started")
     serve.add_argument("--data-dir", default=None, help=f"embedded Redis data (env {ENV_NAMES['data_dir']})")
     serve.add_argument("--demo", action="store_true", help="demo sign-in page; makes up a secret if none is set")
