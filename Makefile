@@ -25,9 +25,16 @@ lint: $(STAMP)
 	echo "mypy (see [tool.mypy] in pyproject.toml)"; $(BIN)/mypy || status=1; \
 	exit $$status
 
+# axe-core for the browser tests' accessibility audits: npm, pinned by tests/browser/axe/package-lock.json
+AXE := tests/browser/axe/node_modules/axe-core/axe.min.js
+$(AXE): tests/browser/axe/package.json tests/browser/axe/package-lock.json
+	cd tests/browser/axe && npm ci --no-audit --no-fund --loglevel=error
+	touch $(AXE)
+
 test: $(STAMP) lint
 	bash .ci/system-deps
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) $(AXE)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
@@ -77,4 +84,4 @@ train-screening: $(STAMP)
 	$(BIN)/python -m chat.screening.train $(ARGS)
 
 clean:
-	rm -rf $(VENV) .aftertalk-data
+	rm -rf $(VENV) .aftertalk-data tests/browser/axe/node_modules
