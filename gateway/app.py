@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from chat.crisis import normalise_locale
 from chat.erasure import ERASED_REASON
 from core.errors import CloseCode, ErrorCode, ServiceError, Unauthorized
 from gateway import metrics
@@ -87,7 +89,9 @@ class Edge:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     async def vocabulary(self, request: Request) -> Response:
-        return JSONResponse(self.service.vocabulary.as_json())
+        lang = request.query_params.get("lang")     # ?lang=es: labels in Spanish where translated
+        vocab = self.service.vocabulary
+        return JSONResponse(vocab.localised(lang) if lang else vocab.as_json())
 
     async def client_config(self, request: Request) -> Response:
         """What the web client needs before sign-in: whether demo sign-in is on."""
@@ -102,6 +106,7 @@ class Edge:
             role, name = body["role"], display_name(str(body["name"])[:4096])   # as verify_token cleans it
             sub = str(body.get("id") or "").strip()[:64] or f"demo-{role}-{name.lower().replace(' ', '-')}"
             token = issue_token(self.settings.secret, sub=sub, role=role, name=name or role,
+                                locale=normalise_locale(body.get("locale")),
                                 ttl_s=self.settings.demo_token_ttl_s,
                                 audience=self.settings.jwt_audience, issuer=self.settings.jwt_issuer)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
@@ -148,6 +153,8 @@ class Edge:
             raise Unauthorized("the first frame must be hello")
         user = verify_token(frame["token"], s.secret, algorithms=s.jwt_algorithms,
                             audience=s.jwt_audience, issuer=s.jwt_issuer)
+        if locale := normalise_locale(frame.get("locale")):     # the page's language, over the token's
+            user = dataclasses.replace(user, locale=locale)
         if user.exp <= time.time():       # within verify_token's clock-skew leeway, but a session ends at exp
             raise Unauthorized(EXPIRED_REASON)
         try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import jwt
 
+from chat.crisis import normalise_locale
 from chat.textnorm import is_blank, is_invisible
 from core.errors import Unauthorized
 
@@ -37,6 +38,7 @@ class Identity:
     name: str
     exp: float
     iat: float | None = None     # when the token was issued (None: no ``iat``, treated as older than any erasure)
+    locale: str = ""             # "es-MX": the token's ``locale`` claim or the hello's; picks the crisis lines
 
     def public(self) -> dict[str, str]:
         return {"id": self.id, "role": self.role, "name": self.name}
@@ -55,7 +57,8 @@ def display_name(raw: str) -> str:
 
 
 def issue_token(secret: str, *, sub: str, role: str, name: str, ttl_s: float = 3600,
-                audience: str = "", issuer: str = "", algorithm: str = "HS256", now: float | None = None) -> str:
+                audience: str = "", issuer: str = "", algorithm: str = "HS256", now: float | None = None,
+                locale: str = "") -> str:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     now = time.time() if now is None else now
@@ -64,6 +67,8 @@ def issue_token(secret: str, *, sub: str, role: str, name: str, ttl_s: float = 3
         claims["aud"] = audience
     if issuer:
         claims["iss"] = issuer
+    if locale:
+        claims["locale"] = locale
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
@@ -92,4 +97,5 @@ def verify_token(token: object, secret: str, *, algorithms: tuple[str, ...] = ("
         raise Unauthorized("invalid token: bad name")
     iat = claims.get("iat")
     issued = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
-    return Identity(id=sub, role=role, name=shown, exp=float(claims["exp"]), iat=issued)
+    return Identity(id=sub, role=role, name=shown, exp=float(claims["exp"]), iat=issued,
+                    locale=normalise_locale(claims.get("locale")))

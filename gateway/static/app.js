@@ -7,6 +7,8 @@
 // user and role; load it before app.js), otherwise the demo sign-in in demo mode.  With neither, the
 // person is asked to sign in again when the token runs out.
 
+import { alertsFor } from "./js/alerts.js";
+import { currentLocale, localePicker, localeTag, preferredLocale, t, useLocale } from "./js/i18n.js";
 import { moderatorPage } from "./js/moderator.js";
 import { patientPage } from "./js/patient.js";
 import { Connection } from "./js/protocol.js";
@@ -18,11 +20,12 @@ const main = document.getElementById("main");
 const banner = document.getElementById("conn-banner");
 const who = document.getElementById("who");
 
-const ROLES = [
-  ["patient", "I'd like to talk", "I am being treated for cancer, or was recently, and would like to talk with someone who has been there."],
-  ["survivor", "I'm a volunteer survivor", "I have been through treatment and listen to people who are going through it now."],
-  ["moderator", "I'm a moderator", "I look after the safety of conversations."],
+const ROLES = () => [
+  ["patient", t("signin.role.patient"), t("signin.role.patient.hint")],
+  ["survivor", t("signin.role.survivor"), t("signin.role.survivor.hint")],
+  ["moderator", t("signin.role.moderator"), t("signin.role.moderator.hint")],
 ];
+const ROLE_NAME = () => ({ patient: t("role.patient"), survivor: t("role.survivor"), moderator: t("role.moderator") });
 
 /** A deployment's sign-in can hand us a token as /#token=... ; we keep it for this tab only. */
 function tokenFromFragment() {
@@ -45,35 +48,37 @@ async function signIn(notice) {
   fill(who);
   const demo = await demoEnabled();
   const status = h("p", { class: "error-note", role: "alert", text: notice || "" });
-  const children = [h("h2", { id: "signin-title", text: "Welcome to Aftertalk" }),
-    h("p", { class: "lead", text: "Real-time, one-on-one conversations between people newly treated for cancer and volunteers who have been through it." }),
+  const picker = localePicker(h, async (code) => { await useLocale(code); signIn(status.textContent); document.getElementById("signin-locale")?.focus(); },
+    { id: "signin-locale" });
+  const children = [picker, h("h2", { id: "signin-title", text: t("signin.title") }),
+    h("p", { class: "lead", text: t("signin.lead") }),
     status];
 
   if (demo) {
     const name = h("input", { type: "text", id: "name", maxLength: 40, required: true, autocomplete: "nickname" });
-    const choices = ROLES.map(([value, label, hint], i) => {
+    const choices = ROLES().map(([value, label, hint], i) => {
       const input = h("input", { type: "radio", name: "role", value, id: `role-${value}`, checked: i === 0 });
       return h("div", { class: "role-choice" }, input,
         h("label", { for: input.id }, h("strong", { text: label }), h("span", { class: "hint", text: hint })));
     });
     const form = h("form", { class: "signin-demo" },
-      h("fieldset", {}, h("legend", { text: "Who are you today?" }), choices),
-      h("div", { class: "field" }, h("label", { for: "name", text: "A first name or pseudonym" }),
-        h("p", { class: "hint", id: "name-hint", text: "This is what the other person sees. No real name needed." }), name),
-      h("button", { type: "submit", class: "primary", text: "Continue" }),
-      h("p", { class: "hint", text: "Demo mode: anyone can pick any role. A real deployment signs people in with its own provider." }));
+      h("fieldset", {}, h("legend", { text: t("signin.who") }), choices),
+      h("div", { class: "field" }, h("label", { for: "name", text: t("signin.name") }),
+        h("p", { class: "hint", id: "name-hint", text: t("signin.name.hint") }), name),
+      h("button", { type: "submit", class: "primary", text: t("signin.continue") }),
+      h("p", { class: "hint", text: t("signin.demo") }));
     name.setAttribute("aria-describedby", "name-hint");
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const role = form.querySelector("input[name=role]:checked").value;
       try {
-        const res = await fetch("/api/demo-token", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ role, name: name.value.trim() }) });
+        const res = await fetch("/api/demo-token", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ role, name: name.value.trim(), locale: localeTag() }) });
         if (!res.ok) throw new Error(String(res.status));
         const body = await res.json();
         sessionStorage.setItem(TOKEN_KEY, body.token);
         start(body.token);
       } catch (err) {
-        status.textContent = `Could not sign in (${err.message}). Please try again.`;
+        status.textContent = t("signin.failed", { reason: err.message });
       }
     });
     children.push(form);
@@ -81,8 +86,8 @@ async function signIn(notice) {
 
   const pasted = h("textarea", { id: "token", rows: 3, spellcheck: false, autocomplete: "off" });
   const tokenForm = h("form", { class: "signin-token" },
-    h("label", { for: "token", text: "Sign-in token" }), pasted,
-    h("button", { type: "submit", class: demo ? "secondary" : "primary", text: "Use this token" }));
+    h("label", { for: "token", text: t("signin.token") }), pasted,
+    h("button", { type: "submit", class: demo ? "secondary" : "primary", text: t("signin.token.use") }));
   tokenForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const token = pasted.value.trim();
@@ -91,24 +96,38 @@ async function signIn(notice) {
     start(token);
   });
   children.push(h("details", { class: "token-box", open: !demo || undefined },
-    h("summary", { text: "I have a sign-in token from my organisation" }), tokenForm));
+    h("summary", { text: t("signin.token.have") }), tokenForm));
   fill(main, h("section", { class: "card signin", "aria-labelledby": "signin-title" }, children));
-  main.querySelector("input, textarea")?.focus();
+  if (!notice || !main.contains(document.activeElement)) main.querySelector("input[type=radio], input, textarea")?.focus();
 }
 
 function showBanner({ state, retryInMs }) {
   if (state === "reconnecting") {
     banner.hidden = false;
     banner.className = "banner warn";
-    banner.textContent = "Reconnecting… Messages you write now will be sent when the connection is back.";
-    if (retryInMs > 3000) banner.textContent += ` Next try in ${Math.round(retryInMs / 1000)} s.`;
+    banner.textContent = navigator.onLine === false ? t("conn.offline") : t("conn.reconnecting");
+    if (retryInMs > 3000) banner.textContent += ` ${t("conn.next_try", { seconds: Math.round(retryInMs / 1000) })}`;
   } else if (state === "connecting") {
     banner.hidden = false;
     banner.className = "banner";
-    banner.textContent = "Connecting…";
+    banner.textContent = t("conn.connecting");
   } else {
     banner.hidden = true;
     banner.textContent = "";
+  }
+}
+
+/** Language names the server has no translation for: the browser's own (Intl.DisplayNames), codes unchanged. */
+function languageNames(vocab) {
+  let names = null;
+  try { names = new Intl.DisplayNames([currentLocale()], { type: "language" }); } catch { return; }
+  for (const entry of vocab.languages || []) {
+    if (!entry.fallback) continue;
+    const name = names.of(entry.code);
+    if (!name || name === entry.code) continue;
+    entry.label = name.charAt(0).toLocaleUpperCase(currentLocale()) + name.slice(1);
+    entry.lang = currentLocale();
+    delete entry.fallback;
   }
 }
 
@@ -130,7 +149,7 @@ async function refreshToken(current) {
   const { sub, role, name } = claimsOf(current);
   if (!sub || !role) return null;
   const res = await fetch("/api/demo-token", { method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ role, name: name || role, id: sub }), cache: "no-store" });
+    body: JSON.stringify({ role, name: name || role, id: sub, locale: localeTag() }), cache: "no-store" });
   if (!res.ok) return null;
   return (await res.json()).token || null;
 }
@@ -142,10 +161,11 @@ function signOut(conn) {
 }
 
 async function start(token) {
-  fill(main, h("p", { class: "hint", text: "Connecting…" }));
+  fill(main, h("p", { class: "hint", text: t("conn.connecting") }));
   let vocab = {};
-  try { vocab = await (await fetch("/api/vocabulary")).json(); } catch { /* pages cope with an empty vocabulary */ }
-  const conn = new Connection(token, { refresh: () => refreshToken(conn.token) });
+  try { vocab = await (await fetch(`/api/vocabulary?lang=${encodeURIComponent(currentLocale())}`)).json(); } catch { /* pages cope with an empty vocabulary */ }
+  languageNames(vocab);
+  const conn = new Connection(token, { refresh: () => refreshToken(conn.token), locale: localeTag() });
   conn.on("token", (fresh) => sessionStorage.setItem(TOKEN_KEY, fresh));   // a reload signs in with it
   let page = null;
   conn.on("state", (s) => {
@@ -153,21 +173,22 @@ async function start(token) {
     if (s.state !== "closed") return;
     if (s.reason === "signed_out") {
       sessionStorage.removeItem(TOKEN_KEY);
-      signIn(s.message === "token expired" ? "Your sign-in has expired. Please sign in again."
-        : "Your sign-in is not valid any more. Please sign in again.");
+      signIn(s.message === "token expired" ? t("signin.expired") : t("signin.invalid"));
     } else if (s.reason === "suspended") {
       sessionStorage.removeItem(TOKEN_KEY);
       fill(who);
-      fill(main, h("section", { class: "card" }, h("h2", { text: "Your account is paused" }),
-        h("p", { text: "A moderator has paused your account. If you think this is a mistake, contact the team that invited you." })));
+      fill(main, h("section", { class: "card" }, h("h2", { text: t("paused.title") }),
+        h("p", { text: t("paused.body") })));
     }
   });
   conn.on("welcome", (frame) => {
     if (page) return;
     page = frame.user.role;
-    const context = { vocabulary: vocab, label: labeller(vocab), token: () => conn.token };   // refreshed
-    fill(who, h("span", {}, isolate(frame.user.name), ` · ${frame.user.role}`),
-      h("button", { type: "button", class: "link", text: "Sign out", on: { click: () => signOut(conn) } }));
+    const alerts = alertsFor(page);
+    const context = { vocabulary: vocab, label: labeller(vocab), token: () => conn.token, alerts };   // refreshed
+    fill(who, h("span", {}, isolate(frame.user.name), ` · ${ROLE_NAME()[frame.user.role] || frame.user.role}`),
+      localePicker(h, () => window.location.reload(), { compact: true }),
+      h("button", { type: "button", class: "link", text: t("signout"), on: { click: () => signOut(conn) } }));
     const root = h("div", { class: `page page-${page}` });
     fill(main, root);
     if (page === "patient") patientPage(root, conn, context);
@@ -180,7 +201,20 @@ async function start(token) {
   window.aftertalk = conn;        // handy in the console and in the browser tests
 }
 
+// no offline mode: a chat needs the connection, and the page says so when it has none
+function offlineBanner() {
+  if (navigator.onLine !== false) { if (banner.dataset.offline) { banner.hidden = true; delete banner.dataset.offline; } return; }
+  banner.hidden = false;
+  banner.className = "banner warn";
+  banner.dataset.offline = "1";
+  banner.textContent = t("conn.offline");
+}
+window.addEventListener("offline", offlineBanner);
+window.addEventListener("online", offlineBanner);
+
 tokenFromFragment();
+await useLocale(preferredLocale());
+offlineBanner();
 const saved = sessionStorage.getItem(TOKEN_KEY);
 if (saved) start(saved);
 else signIn();

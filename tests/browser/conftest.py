@@ -60,11 +60,24 @@ async def open_page(browser):
     contexts = []
     problems = PageProblems()
 
-    async def open_(url: str, label: str, viewport: dict[str, int] = PHONE, *, route_ws=None):
-        """``route_ws``: a Playwright WebSocketRoute handler that sits between the page and /ws."""
-        context = await browser.new_context(viewport=viewport, device_scale_factor=1)
+    async def open_(url: str, label: str, viewport: dict[str, int] = PHONE, *, route_ws=None, locale: str | None = None,
+                    permissions: list[str] | None = None, init_script: str | None = None,
+                    reduced_motion: str | None = None):
+        """``route_ws``: a Playwright WebSocketRoute handler that sits between the page and /ws.
+        ``locale``: the browser's language (navigator.languages); ``permissions``: granted to the page's
+        origin (e.g. ["notifications"]); ``init_script``: run before the page's own scripts."""
+        options: dict[str, Any] = {"viewport": viewport, "device_scale_factor": 1}
+        if locale:
+            options["locale"] = locale
+        if reduced_motion:
+            options["reduced_motion"] = reduced_motion
+        context = await browser.new_context(**options)
         context.set_default_timeout(10_000)
         contexts.append(context)
+        if permissions:
+            await context.grant_permissions(permissions, origin=url.rstrip("/"))
+        if init_script:
+            await context.add_init_script(init_script)
         page = await context.new_page()
         problems.watch(page, label)
         if route_ws is not None:

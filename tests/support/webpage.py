@@ -86,3 +86,89 @@ async def screenshot(page: Any, name: str) -> None:
 async def fits_the_screen(page: Any) -> bool:
     """No sideways scrolling: everything fits the viewport's width (a 375-390 px phone)."""
     return await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+# ---- in any language: the same steps by ids and classes, not by English labels ----------------------
+
+async def sign_in_as(page: Any, role: str, name: str) -> None:
+    """sign_in() whatever the page's language."""
+    await page.locator(f"#role-{role}").check()
+    await page.locator("#name").fill(name)
+    await page.locator("form.signin-demo button[type=submit]").click()
+    await expect(page.locator(f".page-{role}")).to_be_visible()
+
+
+async def choose_diagnosis(page: Any, code: str = "breast") -> None:
+    await page.locator(".profile-fields select").first.select_option(code)
+
+
+async def available(page: Any) -> None:
+    """A signed-in survivor (any language) switches available with a diagnosis chosen."""
+    settings = page.locator("details.settings")
+    if not await settings.evaluate("d => d.open"):
+        await settings.locator("summary").click()
+    await choose_diagnosis(page)
+    switch = page.locator("#available")
+    await switch.click()
+    await expect(switch).to_have_attribute("aria-checked", "true")
+
+
+# ---- accessibility: axe-core from npm (tests/browser/axe, installed by `make test`) -------------------
+
+AXE = Path(__file__).resolve().parents[1] / "browser" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
+SERIOUS = ("serious", "critical")
+
+
+async def axe_violations(page: Any, within: str | None = None) -> list[dict[str, Any]]:
+    """The serious and critical axe-core violations on the page as it is now (WCAG 2.x A/AA and best practice)."""
+    if not await page.evaluate("typeof window.axe !== 'undefined'"):
+        await page.evaluate(AXE.read_text(encoding="utf-8") + "\n;undefined")
+    return await page.evaluate(
+        """async ([within, serious]) => {
+          const result = await axe.run(within ? document.querySelector(within) : document,
+                                       { resultTypes: ["violations"] });
+          return result.violations.filter((v) => serious.includes(v.impact)).map((v) => ({
+            id: v.id, impact: v.impact, help: v.help,
+            nodes: v.nodes.slice(0, 5).map((n) => `${n.target.join(" ")}: ${n.failureSummary}`) }));
+        }""", [within, list(SERIOUS)])
+
+
+# ---- a page that can be told it is hidden, and that records its system notifications ---------------
+
+HIDDEN_PAGE = """
+(() => {
+  let state = "visible";
+  Object.defineProperty(Document.prototype, "visibilityState", { configurable: true, get() { return state; } });
+  Object.defineProperty(Document.prototype, "hidden", { configurable: true, get() { return state === "hidden"; } });
+  window.__setVisibility = (s) => { state = s; document.dispatchEvent(new Event("visibilitychange")); };
+  const Real = window.Notification;
+  window.__notes = [];
+  if (!Real) return;
+  function Recorded(title, options = {}) {
+    const note = new Real(title, options);
+    const entry = { title, body: options.body, tag: options.tag, note, closed: false };
+    window.__notes.push(entry);
+    const close = note.close.bind(note);
+    note.close = () => { entry.closed = true; close(); };
+    return note;
+  }
+  Object.defineProperty(Recorded, "permission", { get: () => Real.permission });
+  Recorded.requestPermission = (...args) => Real.requestPermission(...args);
+  window.Notification = Recorded;
+})();
+"""
+
+
+async def notes(page: Any) -> list[dict[str, Any]]:
+    return await page.evaluate("window.__notes.map(({title, body, tag, closed}) => ({title, body, tag, closed}))")
+
+
+async def focus_is_visible(page: Any) -> dict[str, Any]:
+    """What has the focus, and whether a person can see it (:focus-visible with a real outline)."""
+    return await page.evaluate("""() => {
+      const el = document.activeElement;
+      const style = el ? getComputedStyle(el) : null;
+      return { tag: el?.tagName, id: el?.id, text: (el?.textContent || el?.value || "").trim().slice(0, 40),
+               visible: Boolean(el && el !== document.body && el.matches(":focus-visible")
+                                && style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2) };
+    }""")

@@ -4,30 +4,32 @@
 // replay, history page, or the ack of our own send), and always in seq order.  Our own messages appear
 // at once, keyed by client_id, and take their seq when the ack or the echo arrives.
 
-import { announce, clock, confirmButton, fill, h, isolate, nextId } from "./ui.js";
+import { clock, t, tx } from "./i18n.js";
+import { announce, confirmButton, fill, h, isolate, nextId } from "./ui.js";
 
-const REPORT_REASONS = [
-  ["harassment", "They were unkind or harassing"],
-  ["contact", "They asked for contact details or to meet elsewhere"],
-  ["medical_advice", "They told me to change my treatment"],
-  ["worried", "I am worried about them"],
-  ["other", "Something else"],
+const REPORT_REASONS = () => [
+  ["harassment", t("report.harassment")],
+  ["contact", t("report.contact")],
+  ["medical_advice", t("report.medical_advice")],
+  ["worried", t("report.worried")],
+  ["other", t("report.other")],
 ];
 
-const STATUS_TEXT = {
-  queued: "Waiting for the connection — will send by itself",
-  sending: "Sending…",
-  acked: "Sent",
-  failed: "Not sent",
-};
+const STATUS_TEXT = () => ({
+  queued: t("chat.status.queued"),
+  sending: t("chat.status.sending"),
+  acked: t("chat.status.sent"),
+  failed: t("chat.status.failed"),
+});
+const ROLE = () => ({ patient: t("role.patient"), survivor: t("role.survivor"), moderator: t("role.moderator") });
 
 /** What to say when a conversation ends: a string, or text and an isolated name. */
 function endedText(frame, me, peer, readonly) {
-  if (frame.by === "moderator") return "A moderator ended this conversation.";
-  if (readonly) return frame.by ? `The ${frame.by} ended the conversation.` : "This conversation has ended.";
-  if (frame.by === me.role) return frame.blocked ? "You blocked this person and the conversation ended." : "You ended the conversation.";
-  if (frame.by) return [isolate(peer.name || "Your peer"), " ended the conversation."];
-  return "This conversation has ended.";
+  if (frame.by === "moderator") return t("ended.moderator");
+  if (readonly) return frame.by === "patient" ? t("ended.by_patient") : frame.by === "survivor" ? t("ended.by_survivor") : t("ended.plain");
+  if (frame.by === me.role) return frame.blocked ? t("ended.you_blocked") : t("ended.you");
+  if (frame.by) return tx("ended.peer", { name: isolate(peer.name || t("chat.peer")) });
+  return t("ended.plain");
 }
 
 export class ChatView {
@@ -58,27 +60,29 @@ export class ChatView {
 
   peerLabel() {
     const p = this.conv.peer || {};
-    return p.name || "your peer";
+    return p.name || t("chat.peer");
   }
 
   // ---- layout -----------------------------------------------------------------------------
   build() {
     const peer = this.conv.peer || {};
     const headingId = nextId("chat");
-    this.list = h("ol", { class: "messages", role: "log", "aria-live": "polite", "aria-labelledby": headingId, "data-conversation": this.cid });
-    this.more = h("button", { type: "button", class: "link more", text: "Show earlier messages", hidden: true, on: { click: () => this.requestHistory(true) } });
+    // the transcript: a list of messages inside a live "log" region (a list keeps its list semantics so)
+    this.list = h("ol", { class: "messages", "data-conversation": this.cid });
+    this.log = h("div", { class: "log", role: "log", "aria-live": "polite", "aria-labelledby": headingId }, this.list);
+    this.more = h("button", { type: "button", class: "link more", text: t("chat.earlier"), hidden: true, on: { click: () => this.requestHistory(true) } });
     this.typing = h("p", { class: "typing", "aria-live": "polite" });
     this.endedNote = h("div", { class: "ended-note", role: "status", hidden: true });
     this.errorNote = h("p", { class: "error-note", role: "alert", hidden: true });
     const title = this.readonly
-      ? `Conversation ${this.cid.slice(0, 10)}`
-      : ["You are talking with ", isolate(peer.name || "your peer")];
+      ? t("chat.conversation", { id: this.cid.slice(0, 10) })
+      : tx("chat.talking_with", { name: isolate(peer.name || t("chat.peer")) });
     this.root = h("section", { class: "chat", "aria-labelledby": headingId, "data-conversation": this.cid },
       h("header", { class: "chat-head" },
         h("h2", { id: headingId, class: this.readonly ? "visually-hidden" : null }, title),
         this.readonly ? null : this.sharedLine(),
         this.readonly ? null : this.actions()),
-      this.more, this.list, this.typing, this.errorNote, this.endedNote,
+      this.more, this.log, this.typing, this.errorNote, this.endedNote,
       this.readonly ? null : this.composer());
   }
 
@@ -87,51 +91,51 @@ export class ChatView {
     const topics = [
       ...(shared.diagnoses || []).map((c) => this.label("diagnoses", c)),
       ...(shared.side_effects || []).map((c) => this.label("side_effects", c)),
-    ];
+    ];     // the same words as the offer's (survivor.js sharedTopics)
     const peer = this.peerLabel();
     return h("div", { class: "shared" },
-      h("p", {}, "You share: ", h("strong", { text: topics.length ? topics.join(" · ") : "your experience" })),
-      h("p", { class: "hint" }, isolate(peer), " sees your name “", isolate(this.me.name), "” and these topics — nothing else about you. Please keep phone numbers, e-mail and links out of the chat."));
+      h("p", {}, tx("shared.you_share", { topics: h("strong", { text: topics.length ? topics.join(" · ") : t("shared.experience") }) })),
+      h("p", { class: "hint" }, tx("shared.sees", { peer: isolate(peer), name: isolate(this.me.name) })));
   }
 
   actions() {
     const peer = this.peerLabel();
-    this.endBtn = confirmButton("End chat", "End this chat?", () => this.conn.send({ type: "end", conversation_id: this.cid }), { yes: "Yes, end it", no: "Keep talking" });
-    this.blockBtn = confirmButton("Block", ["Block ", isolate(peer), "? The chat ends and you will not be matched again."],
-      () => this.conn.send({ type: "block", conversation_id: this.cid }), { yes: "Block", no: "Cancel" });
+    this.endBtn = confirmButton(t("chat.end"), t("chat.end.ask"), () => this.conn.send({ type: "end", conversation_id: this.cid }), { yes: t("chat.end.yes"), no: t("chat.end.no") });
+    this.blockBtn = confirmButton(t("chat.block"), tx("chat.block.ask", { name: isolate(peer) }),
+      () => this.conn.send({ type: "block", conversation_id: this.cid }), { yes: t("chat.block"), no: t("common.cancel") });
     this.reportBox = this.reportForm();
     return h("div", { class: "chat-actions" }, this.endBtn, this.blockBtn, this.reportBox);
   }
 
   reportForm() {
-    const select = h("select", {}, REPORT_REASONS.map(([value, text]) => h("option", { value, text })));
+    const select = h("select", {}, REPORT_REASONS().map(([value, text]) => h("option", { value, text })));
     const details = h("textarea", { rows: 2, maxLength: 500 });
     const done = h("p", { class: "hint", role: "status" });
     const selectId = nextId("rep");
     select.id = selectId;
     details.id = nextId("rep");
     const form = h("form", { class: "report-form" },
-      h("label", { for: selectId, text: "What happened?" }), select,
-      h("label", { for: details.id, text: "Anything to add (optional)" }), details,
-      h("button", { type: "submit", class: "secondary", text: "Send report" }), done);
+      h("label", { for: selectId, text: t("report.what") }), select,
+      h("label", { for: details.id, text: t("report.details") }), details,
+      h("button", { type: "submit", class: "secondary", text: t("report.send") }), done);
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const reason = details.value.trim() ? `${select.value}: ${details.value.trim()}` : select.value;
       if (this.conn.send({ type: "report", conversation_id: this.cid, reason })) {
-        done.textContent = "Sending…";
+        done.textContent = t("chat.status.sending");
         details.value = "";
       } else {
-        done.textContent = "Not sent: you are offline. Try again when the connection is back.";
+        done.textContent = t("report.offline");
       }
     });
     this.reportDone = done;
-    return h("details", { class: "report" }, h("summary", { text: "Report" }), form);
+    return h("details", { class: "report" }, h("summary", { text: t("report") }), form);
   }
 
   composer() {
     const max = this.limits.max_text_chars || 4000;
-    this.input = h("textarea", { rows: 2, maxLength: max, placeholder: "Write a message…", "aria-label": `Message to ${this.peerLabel()}`, attrs: { enterkeyhint: "send" } });
-    this.sendBtn = h("button", { type: "submit", class: "primary", text: "Send" });
+    this.input = h("textarea", { rows: 2, maxLength: max, placeholder: t("chat.placeholder"), "aria-label": t("chat.message_to", { name: this.peerLabel() }), attrs: { enterkeyhint: "send" } });
+    this.sendBtn = h("button", { type: "submit", class: "primary", text: t("chat.send") });
     this.form = h("form", { class: "composer" }, this.input, this.sendBtn);
     this.form.addEventListener("submit", (event) => { event.preventDefault(); this.submit(); });
     this.input.addEventListener("keydown", (event) => {
@@ -167,7 +171,7 @@ export class ChatView {
     on("ended", (f) => this.end(f));
     on("feedback_saved", () => this.feedbackSaved());
     on("reported", () => {
-      if (this.reportDone) this.reportDone.textContent = "Thank you. A moderator has been told and will look at this conversation.";
+      if (this.reportDone) this.reportDone.textContent = t("report.done");
     });
     on("error", (f) => this.error(f));
   }
@@ -216,10 +220,10 @@ export class ChatView {
   }
 
   messageItem(side, from, text, ts) {
-    let who = from.name || "Deleted user";
-    if (side === "mine" && !this.readonly) who = "You";
-    if (side === "notice") who = "Moderator";
-    const roleTag = this.readonly && from.role && from.role !== "moderator" ? ` (${from.role})` : "";
+    let who = from.name || t("chat.deleted_user");
+    if (side === "mine" && !this.readonly) who = t("chat.you");
+    if (side === "notice") who = t("role.moderator");
+    const roleTag = this.readonly && from.role && from.role !== "moderator" ? ` (${ROLE()[from.role] || from.role})` : "";
     return h("li", { class: `msg ${side}` },
       h("p", { class: "meta" }, h("span", { class: "who" }, isolate(who), roleTag),
         ts ? h("time", { dateTime: new Date(ts).toISOString(), text: clock(ts) }) : null),
@@ -244,7 +248,7 @@ export class ChatView {
   setStatus(li, state, note) {
     let status = li.querySelector(".status");
     if (!status) { status = h("p", { class: "status" }); li.append(status); }
-    status.textContent = note && state !== "acked" ? `${STATUS_TEXT[state]}: ${note}` : STATUS_TEXT[state];
+    status.textContent = note && state !== "acked" ? `${STATUS_TEXT()[state]}: ${note}` : STATUS_TEXT()[state];
     li.dataset.state = state;
   }
 
@@ -273,7 +277,7 @@ export class ChatView {
 
   peerTyping(frame) {
     if (frame.from && frame.from.role === this.me.role) return;
-    fill(this.typing, isolate(frame.from?.name || this.peerLabel()), " is typing…");
+    fill(this.typing, tx("chat.typing", { name: isolate(frame.from?.name || this.peerLabel()) }));
     clearTimeout(this.typingTimer);
     this.typingTimer = setTimeout(() => { this.typing.textContent = ""; }, 5000);
   }
@@ -288,7 +292,7 @@ export class ChatView {
     }
     if (frame.client_id || frame.ref === "typing") return;     // shown on the message itself, or harmless
     this.errorNote.hidden = false;
-    this.errorNote.textContent = frame.message || "Something went wrong.";
+    this.errorNote.textContent = frame.message || t("common.error");
     if (frame.code === "conversation_ended" && !this.ended) this.end({ conversation_id: this.cid });
   }
 
@@ -302,37 +306,39 @@ export class ChatView {
     const text = endedText(frame, this.me, this.conv.peer || {}, this.readonly);
     if (this.form) { this.input.disabled = true; this.sendBtn.disabled = true; this.form.hidden = true; }
     if (this.endBtn) { this.endBtn.hidden = true; this.blockBtn.hidden = true; }
-    const said = h("p", { class: "ended-text" }, text);
+    const said = h("p", { class: "ended-text", tabIndex: -1 }, text);
+    const hadFocus = this.root.contains(document.activeElement);
     fill(this.endedNote, said);
     this.endedNote.hidden = false;
     if (!this.readonly) this.endedNote.append(this.feedbackForm());
     announce(said.textContent);
+    if (hadFocus) said.focus();         // the composer that had the focus is gone: keep it in the chat
     this.onEnded?.(this);
   }
 
   feedbackForm() {
     const name = nextId("rating");
-    const labels = ["Not helpful", "A little helpful", "Helpful", "Very helpful", "Exactly what I needed"];
+    const labels = [t("feedback.1"), t("feedback.2"), t("feedback.3"), t("feedback.4"), t("feedback.5")];
     const radios = labels.map((text, i) => {
       const input = h("input", { type: "radio", name, value: String(i + 1), id: nextId("r") });
-      return h("div", { class: "rating-option" }, input, h("label", { for: input.id, text: `${i + 1} — ${text}` }));
+      return h("div", { class: "rating-option" }, input, h("label", { for: input.id, text: t("feedback.option", { rating: i + 1, text }) }));
     });
     const comment = h("textarea", { rows: 2, maxLength: 2000, id: nextId("fb") });
     this.feedbackStatus = h("p", { class: "hint", role: "status" });
     const form = h("form", { class: "feedback" },
-      h("fieldset", {}, h("legend", { text: "How was this conversation?" }), radios),
-      h("label", { for: comment.id, text: "Anything you would like us to know? (optional, only the team sees it)" }), comment,
+      h("fieldset", {}, h("legend", { text: t("feedback.title") }), radios),
+      h("label", { for: comment.id, text: t("feedback.comment") }), comment,
       h("div", { class: "row" },
-        h("button", { type: "submit", class: "primary", text: "Send feedback" }),
-        h("button", { type: "button", class: "secondary", text: "Close", on: { click: () => this.onClose?.(this) } })),
+        h("button", { type: "submit", class: "primary", text: t("feedback.send") }),
+        h("button", { type: "button", class: "secondary", text: t("common.close"), on: { click: () => this.onClose?.(this) } })),
       this.feedbackStatus);
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const picked = form.querySelector(`input[name="${name}"]:checked`);
-      if (!picked) { this.feedbackStatus.textContent = "Choose a rating first, or close."; return; }
+      if (!picked) { this.feedbackStatus.textContent = t("feedback.pick"); return; }
       const frame = { type: "feedback", conversation_id: this.cid, rating: Number(picked.value) };
       if (comment.value.trim()) frame.comment = comment.value.trim();
-      if (!this.conn.send(frame)) this.feedbackStatus.textContent = "You are offline; try again in a moment.";
+      if (!this.conn.send(frame)) this.feedbackStatus.textContent = t("common.offline");
     });
     return form;
   }
@@ -340,8 +346,8 @@ export class ChatView {
   feedbackSaved() {
     const form = this.endedNote.querySelector("form.feedback");
     if (form) form.replaceWith(h("div", { class: "row" },
-      h("p", { class: "thanks", text: "Thank you for your feedback." }),
-      h("button", { type: "button", class: "secondary", text: "Close", on: { click: () => this.onClose?.(this) } })));
+      h("p", { class: "thanks", text: t("feedback.thanks") }),
+      h("button", { type: "button", class: "secondary", text: t("common.close"), on: { click: () => this.onClose?.(this) } })));
   }
 }
 
@@ -355,7 +361,7 @@ export class ChatDeck {
     this.selected = null;
     this.me = null;
     this.limits = {};
-    this.tabs = h("div", { class: "tabs", role: "tablist", "aria-label": "Your conversations", hidden: true });
+    this.tabs = h("div", { class: "tabs", role: "tablist", "aria-label": t("chat.tabs"), hidden: true });
     this.tabs.addEventListener("keydown", (event) => this.tabKeys(event));
     this.panels = h("div", { class: "panels" });
     this.root = h("div", { class: "deck" }, this.tabs, this.panels);
@@ -394,7 +400,7 @@ export class ChatDeck {
     });
     view.onClose = () => this.remove(cid);
     const tab = h("button", { type: "button", role: "tab", class: "tab", id: nextId("tab"), "aria-selected": "false", "aria-controls": nextId("panel") },
-      h("span", { dir: "auto", text: conv.peer?.name || "Chat" }), h("span", { class: "badge", hidden: true, text: "new" }));
+      h("span", { dir: "auto", text: conv.peer?.name || t("chat.tab") }), h("span", { class: "badge", hidden: true, text: t("chat.new") }));
     view.root.id = tab.getAttribute("aria-controls");
     view.root.setAttribute("role", "tabpanel");
     view.root.setAttribute("aria-labelledby", tab.id);
@@ -404,7 +410,7 @@ export class ChatDeck {
     this.panels.append(view.root);
     this.views.set(cid, { view, tab });
     if (!this.selected || focus) this.select(cid);
-    if (focus) announce(`You are now connected with ${conv.peer?.name || "a peer"}.`);
+    if (focus) announce(t("chat.connected", { name: conv.peer?.name || t("chat.peer") }));
     this.changed();
     if (focus) view.input?.focus();
   }
@@ -436,15 +442,16 @@ export class ChatDeck {
 
   unread(cid) {
     if (cid !== this.selected) this.views.get(cid).tab.querySelector(".badge").hidden = false;
-    else if (document.hidden) announce("New message");
+    else if (document.hidden) announce(t("chat.new_message"));
   }
 
   tabKeys(event) {
     if (!["ArrowLeft", "ArrowRight", "Home", "End"].includes(event.key)) return;
     const ids = [...this.views.keys()];
     let i = ids.indexOf(this.selected);
-    if (event.key === "ArrowRight") i = (i + 1) % ids.length;
-    if (event.key === "ArrowLeft") i = (i - 1 + ids.length) % ids.length;
+    const rtl = document.documentElement.dir === "rtl";      // the arrow that points "forward" swaps
+    if (event.key === (rtl ? "ArrowLeft" : "ArrowRight")) i = (i + 1) % ids.length;
+    if (event.key === (rtl ? "ArrowRight" : "ArrowLeft")) i = (i - 1 + ids.length) % ids.length;
     if (event.key === "Home") i = 0;
     if (event.key === "End") i = ids.length - 1;
     this.select(ids[i]);

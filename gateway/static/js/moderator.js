@@ -4,28 +4,33 @@
 // writes every look and every action to the audit log.  Watching is silent to the participants.
 
 import { ChatView } from "./chat.js";
-import { ago, announce, clock, confirmButton, fill, h, isolate, nextId } from "./ui.js";
+import { ago, dateTime, t, tx } from "./i18n.js";
+import { announce, confirmButton, fill, h, isolate, nextId } from "./ui.js";
 
-const CATEGORY = {
-  crisis: "Crisis",
-  contact_info: "Contact details",
-  abuse: "Abuse",
-  medical_advice: "Medical advice",
-  report: "Report",
-  review: "Possible crisis (uncertain)",
-};
-const OUTCOMES = [["", "Alarm was… (optional)"], ["true_alarm", "A true alarm"], ["false_alarm", "A false alarm"]];
+const CATEGORY = () => ({
+  crisis: t("mod.category.crisis"),
+  contact_info: t("mod.category.contact_info"),
+  abuse: t("mod.category.abuse"),
+  medical_advice: t("mod.category.medical_advice"),
+  report: t("mod.category.report"),
+  review: t("mod.category.review"),
+});
+const category = (c) => CATEGORY()[c] || c;
+const OUTCOMES = () => [["", t("mod.outcome.none")], ["true_alarm", t("mod.outcome.true")], ["false_alarm", t("mod.outcome.false")]];
+const SEVERITY = () => ({ high: t("mod.severity.high"), medium: t("mod.severity.medium"), low: t("mod.severity.low") });
+const severity = (s) => SEVERITY()[s] || s;
 
 function sourceTag(flag) {
   if (flag.source === "model") {
-    const score = typeof flag.score === "number" ? ` ${Math.round(flag.score * 100)}%` : "";
-    return h("span", { class: "pill source", title: "Raised by the screening model", text: `model${score}` });
+    const score = typeof flag.score === "number"
+      ? ` ${new Intl.NumberFormat(document.documentElement.lang, { style: "percent" }).format(Math.round(flag.score * 100) / 100)}` : "";
+    return h("span", { class: "pill source", title: t("mod.source.model.title"), text: `${t("mod.source.model")}${score}` });
   }
-  if (flag.source === "rules") return h("span", { class: "pill source", title: "Raised by a phrase rule", text: "rule" });
+  if (flag.source === "rules") return h("span", { class: "pill source", title: t("mod.source.rule.title"), text: t("mod.source.rule") });
   return null;
 }
 const SEVERITY_RANK = { high: 0, medium: 1, low: 2 };
-const STATUS = { open: "open", acknowledged: "being reviewed", resolved: "resolved" };
+const STATUS = () => ({ open: t("mod.status.open"), acknowledged: t("mod.status.acknowledged"), resolved: t("mod.status.resolved") });
 
 function byReviewOrder(a, b) {
   return (Number(b.priority) - Number(a.priority))
@@ -34,7 +39,7 @@ function byReviewOrder(a, b) {
 }
 
 function tabs(sections) {
-  const list = h("div", { class: "tabs", role: "tablist", "aria-label": "Moderation" });
+  const list = h("div", { class: "tabs", role: "tablist", "aria-label": t("mod.tabs") });
   const panels = [];
   const buttons = sections.map(([label, panel], i) => {
     const tab = h("button", { type: "button", role: "tab", class: "tab", id: nextId("mtab"), "aria-selected": String(i === 0) }, label);
@@ -55,7 +60,8 @@ function tabs(sections) {
   list.addEventListener("keydown", (event) => {
     const i = buttons.indexOf(document.activeElement);
     if (i < 0 || !["ArrowLeft", "ArrowRight"].includes(event.key)) return;
-    const next = (i + (event.key === "ArrowRight" ? 1 : buttons.length - 1)) % buttons.length;
+    const forward = (event.key === "ArrowRight") !== (document.documentElement.dir === "rtl");
+    const next = (i + (forward ? 1 : buttons.length - 1)) % buttons.length;
     select(next);
     buttons[next].focus();
   });
@@ -70,26 +76,25 @@ export function moderatorPage(root, conn, { token }) {
 
   // ---- the feed ----
   const count = h("span", { class: "count", text: "" });
-  const feed = h("ol", { class: "flag-feed", "aria-live": "polite", "aria-label": "Flags needing review" });
-  const empty = h("p", { class: "hint", text: "No open flags. Flags appear here the moment a risky message is sent or someone reports a chat." });
+  const feed = h("ol", { class: "flag-feed", "aria-live": "polite", "aria-label": t("mod.feed.title") });
+  const empty = h("p", { class: "hint", text: t("mod.feed.empty") });
   const behind = h("p", { class: "notice warn screening-behind", role: "status", hidden: true });
   const feedPanel = h("section", { class: "card feed", "aria-labelledby": "feed-title" },
-    h("h2", { id: "feed-title" }, "Flags needing review ", count), behind, empty, feed);
+    h("h2", { id: "feed-title" }, t("mod.feed.title"), " ", count), behind, empty, feed);
 
   function screening(frame) {
     behind.hidden = !frame.behind;
     if (frame.behind) {
-      behind.textContent = `Screening is behind: ${frame.waiting} message(s) wait for the model, the oldest for `
-        + `${Math.round(frame.oldest_age_s)} s. Model flags may arrive late; the phrase rules still flag at once.`;
+      behind.textContent = t("mod.screening.behind", { count: frame.waiting, seconds: Math.round(frame.oldest_age_s) });
     }
   }
 
   function flagItem(flag) {
-    const resolveText = h("input", { type: "text", maxLength: 1000, placeholder: "How was this resolved?", "aria-label": "Resolution" });
-    const outcome = h("select", { "aria-label": "Was this a true or a false alarm?", class: "outcome" },
-      OUTCOMES.map(([value, label]) => h("option", { value, text: label })));
+    const resolveText = h("input", { type: "text", maxLength: 1000, placeholder: t("mod.resolution.placeholder"), "aria-label": t("mod.resolution") });
+    const outcome = h("select", { "aria-label": t("mod.outcome"), class: "outcome" },
+      OUTCOMES().map(([value, label]) => h("option", { value, text: label })));
     const resolveForm = h("form", { class: "inline-form" }, resolveText, outcome,
-      h("button", { type: "submit", class: "secondary", text: "Resolve" }));
+      h("button", { type: "submit", class: "secondary", text: t("mod.resolve") }));
     resolveForm.addEventListener("submit", (event) => {
       event.preventDefault();
       const frame = { type: "resolve", flag_id: flag.flag_id, resolution: resolveText.value.trim() || "reviewed" };
@@ -98,23 +103,23 @@ export function moderatorPage(root, conn, { token }) {
     });
     return h("li", { class: `flag sev-${flag.severity}`, "data-flag": flag.flag_id, "data-conversation": flag.conversation_id },
       h("p", { class: "flag-head" },
-        h("span", { class: `pill sev-${flag.severity}`, text: flag.severity }),
-        h("strong", { class: "category", text: CATEGORY[flag.category] || flag.category }),
+        h("span", { class: `pill sev-${flag.severity}`, text: severity(flag.severity) }),
+        h("strong", { class: "category", text: category(flag.category) }),
         sourceTag(flag),
-        flag.priority ? h("span", { class: "pill priority", text: "priority" }) : null,
-        h("span", { class: "status-tag", text: STATUS[flag.status] || "open" }),
+        flag.priority ? h("span", { class: "pill priority", text: t("mod.priority") }) : null,
+        h("span", { class: "status-tag", text: STATUS()[flag.status] || STATUS().open }),
         h("time", { class: "age", dateTime: new Date(flag.ts).toISOString(), "data-ts": String(flag.ts), text: ago(flag.ts) })),
-      h("blockquote", { class: "excerpt", text: flag.excerpt || "(no text)" }),
-      flag.reason ? h("p", { class: "hint", text: `Reason given: ${flag.reason}` }) : null,
+      h("blockquote", { class: "excerpt", dir: "auto", text: flag.excerpt || t("mod.no_text") }),
+      flag.reason ? h("p", { class: "hint" }, tx("mod.reason_given", { reason: h("bdi", { text: flag.reason }) })) : null,
       h("div", { class: "row" },
-        h("button", { type: "button", class: "primary", text: "Open conversation", on: { click: () => watch(flag.conversation_id) } }),
+        h("button", { type: "button", class: "primary", text: t("mod.open"), on: { click: () => watch(flag.conversation_id) } }),
         resolveForm));
   }
 
   function renderFeed() {
     const sorted = [...flags.values()].sort(byReviewOrder);
     fill(feed, sorted.map(flagItem));
-    count.textContent = `(${sorted.length})`;
+    count.textContent = t("mod.count", { count: sorted.length });
     empty.hidden = sorted.length > 0;
   }
 
@@ -123,7 +128,7 @@ export function moderatorPage(root, conn, { token }) {
   }, 15000);
 
   // ---- watching one conversation ----
-  const watchPanel = h("section", { class: "card watch", "aria-label": "Watched conversation", hidden: true });
+  const watchPanel = h("section", { class: "card watch", "aria-label": t("mod.watch.label"), hidden: true });
 
   function watch(cid) {
     if (watching?.cid === cid) { watchPanel.scrollIntoView?.({ block: "start" }); return; }
@@ -133,8 +138,8 @@ export function moderatorPage(root, conn, { token }) {
     watching = { cid, view, people: h("div", { class: "people" }), flagsBox: h("ul", { class: "conv-flags" }) };
     fill(watchPanel,
       h("div", { class: "watch-head" }, watching.people,
-        h("button", { type: "button", class: "secondary", text: "Stop watching", on: { click: () => stopWatching(false) } })),
-      h("p", { class: "hint", text: "Watching is silent: the people in this chat are not told." }),
+        h("button", { type: "button", class: "secondary", text: t("mod.watch.stop"), on: { click: () => stopWatching(false) } })),
+      h("p", { class: "hint", text: t("mod.watch.silent") }),
       watching.flagsBox, view.root, actions(cid));
     watchPanel.hidden = false;
     watchPanel.scrollIntoView?.({ block: "start" });
@@ -153,48 +158,50 @@ export function moderatorPage(root, conn, { token }) {
   function actions(cid) {
     const notice = h("textarea", { rows: 2, maxLength: 4000, id: nextId("notice") });
     const noticeForm = h("form", { class: "notice-form" },
-      h("label", { for: notice.id, text: "Post a notice both people will see" }), notice,
-      h("button", { type: "submit", class: "primary", text: "Post notice" }));
+      h("label", { for: notice.id, text: t("mod.notice.label") }), notice,
+      h("button", { type: "submit", class: "primary", text: t("mod.notice.post") }));
     noticeForm.addEventListener("submit", (event) => {
       event.preventDefault();
       const text = notice.value.trim();
       if (text && conn.send({ type: "notice", conversation_id: cid, text, client_id: crypto.randomUUID() })) notice.value = "";
     });
-    const reason = h("input", { type: "text", maxLength: 1000, id: nextId("why"), placeholder: "Reason (kept in the audit log)" });
-    const end = confirmButton("End this chat", "End it for both people?",
-      () => conn.send({ type: "moderator_end", conversation_id: cid, reason: reason.value.trim() }), { cls: "danger", yes: "End chat" });
+    const reason = h("input", { type: "text", maxLength: 1000, id: nextId("why"), placeholder: t("mod.reason.placeholder") });
+    const end = confirmButton(t("mod.end"), t("mod.end.ask"),
+      () => conn.send({ type: "moderator_end", conversation_id: cid, reason: reason.value.trim() }), { cls: "danger", yes: t("chat.end") });
     watching.suspendBox = h("div", { class: "row suspend" });
     return h("div", { class: "mod-actions" }, noticeForm,
-      h("div", { class: "field" }, h("label", { for: reason.id, text: "Reason for ending or suspending" }), reason),
+      h("div", { class: "field" }, h("label", { for: reason.id, text: t("mod.reason") }), reason),
       h("div", { class: "row" }, end, watching.suspendBox),
       watching.result = h("p", { class: "hint", role: "status" }));
   }
 
   function suspendButtons(participants) {
     if (!watching?.suspendBox) return;
-    const reasonOf = () => watchPanel.querySelector(".mod-actions input[type=text]")?.value.trim() || "suspended by a moderator";
+    const reasonOf = () => watchPanel.querySelector(".mod-actions input[type=text]")?.value.trim() || t("mod.suspend.default_reason");
     fill(watching.suspendBox, ["patient", "survivor"].filter((r) => participants?.[r]?.id).map((role) => {
       const person = participants[role];
-      return confirmButton(["Suspend ", isolate(person.name)],
-        ["Suspend ", isolate(person.name), ` (${role})? They are disconnected and cannot be matched.`],
-        () => conn.send({ type: "suspend", user_id: person.id, reason: reasonOf() }), { yes: "Suspend", cls: "secondary" });
+      const roleName = role === "patient" ? t("role.patient") : t("role.survivor");
+      return confirmButton(tx("mod.suspend.who", { name: isolate(person.name) }),
+        tx("mod.suspend.ask", { name: isolate(person.name), role: roleName }),
+        () => conn.send({ type: "suspend", user_id: person.id, reason: reasonOf() }), { yes: t("mod.suspend"), cls: "secondary" });
     }));
   }
 
   function convFlag(f) {
     return h("li", { class: `sev-${f.severity}`, "data-flag": f.flag_id },
-      h("span", { class: `pill sev-${f.severity}`, text: f.severity }),
-      h("span", { text: `${CATEGORY[f.category] || f.category}, message ${f.seq}` }),
-      h("span", { class: "status-tag", text: STATUS[f.status] || "open" }));
+      h("span", { class: `pill sev-${f.severity}`, text: severity(f.severity) }),
+      h("span", { text: t("mod.flag.message", { category: category(f.category), seq: f.seq }) }),
+      h("span", { class: "status-tag", text: STATUS()[f.status] || STATUS().open }));
   }
 
   function watchHistory(frame) {
     if (!watching || frame.conversation_id !== watching.cid || !frame.watching) return;
     const p = frame.participants || {};
     fill(watching.people,
-      h("h2", {}, "Conversation between ",
-        h("strong", {}, isolate(p.patient?.name || "patient")), " (patient) and ",
-        h("strong", {}, isolate(p.survivor?.name || "survivor")), " (survivor)"));
+      h("h2", {}, tx("mod.watch.between", {
+        patient: h("strong", {}, isolate(p.patient?.name || t("role.patient"))),
+        survivor: h("strong", {}, isolate(p.survivor?.name || t("role.survivor"))),
+      })));
     fill(watching.flagsBox, (frame.flags || []).map(convFlag));
     suspendButtons(p);
   }
@@ -203,42 +210,42 @@ export function moderatorPage(root, conn, { token }) {
   const auditBody = h("tbody");
   const auditStatus = h("p", { class: "hint", role: "status" });
   const auditPanel = h("section", { class: "card audit", "aria-labelledby": "audit-title" },
-    h("div", { class: "row spread" }, h("h2", { id: "audit-title", text: "Audit log" }),
-      h("button", { type: "button", class: "secondary", text: "Refresh", on: { click: () => loadAudit() } })),
+    h("div", { class: "row spread" }, h("h2", { id: "audit-title", text: t("mod.audit") }),
+      h("button", { type: "button", class: "secondary", text: t("mod.audit.refresh"), on: { click: () => loadAudit() } })),
     auditStatus,
     h("div", { class: "table-wrap" }, h("table", {},
-      h("thead", {}, h("tr", {}, ["When", "Who", "Action", "Conversation / user", "Detail"].map((t) => h("th", { scope: "col", text: t })))),
+      h("thead", {}, h("tr", {}, [t("mod.audit.when"), t("mod.audit.who"), t("mod.audit.action"), t("mod.audit.subject"), t("mod.audit.detail")].map((t) => h("th", { scope: "col", text: t })))),
       auditBody)));
 
   async function loadAudit() {
-    auditStatus.textContent = "Loading…";
+    auditStatus.textContent = t("mod.audit.loading");
     const entries = [];
     let after = "";
     try {
       for (let page = 0; page < 10; page += 1) {
         const res = await fetch(`/api/audit?limit=1000${after ? `&after=${encodeURIComponent(after)}` : ""}`,
           { headers: { Authorization: `Bearer ${token()}` }, cache: "no-store" });
-        if (!res.ok) throw new Error(`the server said ${res.status}`);
+        if (!res.ok) throw new Error(String(res.status));
         const body = await res.json();
         entries.push(...body.entries);
         if (!body.next) break;
         after = body.next;
       }
     } catch (err) {
-      auditStatus.textContent = `Could not load the audit log (${err.message}).`;
+      auditStatus.textContent = t("mod.audit.failed", { reason: err.message });
       return;
     }
     entries.reverse();
     fill(auditBody, entries.map((e) => h("tr", {},
-      h("td", {}, h("time", { dateTime: new Date(e.ts).toISOString(), text: `${new Date(e.ts).toLocaleDateString()} ${clock(e.ts)}` })),
+      h("td", {}, h("time", { dateTime: new Date(e.ts).toISOString(), text: dateTime(e.ts) })),
       h("td", { dir: "auto", text: e.who_name || e.who }),
       h("td", { text: e.action }),
       h("td", { class: "mono", text: e.conversation_id || e.user_id || e.flag_id || "" }),
       h("td", { text: e.detail || "" }))));
-    auditStatus.textContent = entries.length ? `${entries.length} entries, newest first.` : "Nothing recorded yet.";
+    auditStatus.textContent = entries.length ? t("mod.audit.count", { count: entries.length }) : t("mod.audit.empty");
   }
 
-  const { list, panels } = tabs([["Flags", h("div", { class: "mod-grid" }, feedPanel, watchPanel)], ["Audit log", auditPanel]]);
+  const { list, panels } = tabs([[t("mod.flags"), h("div", { class: "mod-grid" }, feedPanel, watchPanel)], [t("mod.audit"), auditPanel]]);
   fill(root, list, ...panels);
   list.querySelectorAll("[role=tab]")[1].addEventListener("click", () => loadAudit());
 
@@ -256,7 +263,7 @@ export function moderatorPage(root, conn, { token }) {
     const known = flags.has(f.flag_id);
     flags.set(f.flag_id, f);
     renderFeed();
-    if (!known) announce(`New ${f.severity} flag: ${CATEGORY[f.category] || f.category}.`);
+    if (!known) announce(t("mod.flag.new", { severity: severity(f.severity), category: category(f.category) }));
     if (!known && watching?.cid === f.conversation_id) watching.flagsBox.append(convFlag(f));
   });
   conn.on("screening", screening);
@@ -267,18 +274,18 @@ export function moderatorPage(root, conn, { token }) {
   conn.on("flag_resolved", (f) => {
     if (flags.delete(f.flag_id)) renderFeed();
     const item = watching?.flagsBox.querySelector(`[data-flag="${CSS.escape(f.flag_id)}"] .status-tag`);
-    if (item) item.textContent = STATUS.resolved;
+    if (item) item.textContent = STATUS().resolved;
   });
   conn.on("history", watchHistory);
   conn.on("watch_ended", (f) => {
     if (watching?.cid === f.conversation_id) {
-      watching.result.textContent = "Every flag of this conversation is resolved, so it is closed to moderators again.";
+      watching.result.textContent = t("mod.watch.closed");
       setTimeout(() => { if (watching?.cid === f.conversation_id) stopWatching(false); }, 4000);
     }
   });
   conn.on("done", (f) => {
     if (!watching) return;
-    const text = { moderator_end: "The chat was ended.", suspend: "The user was suspended and disconnected.", resolve: "Flag resolved." }[f.ref];
+    const text = { moderator_end: t("mod.done.end"), suspend: t("mod.done.suspend"), resolve: t("mod.done.resolve") }[f.ref];
     if (text) watching.result.textContent = text;
   });
   conn.on("error", (f) => {

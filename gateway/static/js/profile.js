@@ -1,11 +1,12 @@
 // The short profile both peers fill in: a diagnosis, side effects or life-after-treatment topics,
 // and languages, all from the service's controlled vocabulary (GET /api/vocabulary).
 
+import { currentLocale, list, t } from "./i18n.js";
 import { checkboxGroup, field, h } from "./ui.js";
 
 function browserLanguage(vocabulary) {
   const codes = new Set((vocabulary.languages || []).map((l) => l.code));
-  const mine = (navigator.language || "en").slice(0, 2).toLowerCase();
+  const mine = currentLocale().slice(0, 2).toLowerCase();
   return codes.has(mine) ? mine : "en";
 }
 
@@ -25,8 +26,8 @@ export function saveProfile(role, profile) {
 export function profileFields(vocabulary, initial, copy) {
   const start = initial || { diagnoses: [], side_effects: [], languages: [browserLanguage(vocabulary)] };
   const diagnosis = h("select", {},
-    h("option", { value: "", text: "— I'd rather not say —" }),
-    (vocabulary.diagnoses || []).map((d) => h("option", { value: d.code, text: d.label, selected: start.diagnoses?.[0] === d.code })));
+    h("option", { value: "", text: t("profile.no_diagnosis") }),
+    (vocabulary.diagnoses || []).map((d) => h("option", { value: d.code, text: d.label, lang: d.fallback ? "en" : null, selected: start.diagnoses?.[0] === d.code })));
   const dx = field(copy.diagnosis, diagnosis);
   const effects = checkboxGroup(copy.sideEffects, vocabulary.side_effects || [], start.side_effects || [], { name: "side_effects" });
   const languages = checkboxGroup(copy.languages, vocabulary.languages || [], start.languages || [], { name: "languages" });
@@ -35,9 +36,9 @@ export function profileFields(vocabulary, initial, copy) {
   const labels = (kind, codes) => codes.map((c) => (vocabulary[kind] || []).find((i) => i.code === c)?.label || c);
   const summarise = () => {
     const fx = effects.values();
-    effectsSummary.textContent = fx.length ? `${copy.sideEffectsSummary}: ${labels("side_effects", fx).join(", ")}` : copy.sideEffectsSummary;
+    effectsSummary.textContent = fx.length ? t("profile.summary", { what: copy.sideEffectsSummary, chosen: list(labels("side_effects", fx)) }) : copy.sideEffectsSummary;
     const langs = languages.values();
-    languagesSummary.textContent = `${copy.languagesSummary}: ${langs.length ? labels("languages", langs).join(", ") : "none chosen"}`;
+    languagesSummary.textContent = t("profile.summary", { what: copy.languagesSummary, chosen: langs.length ? list(labels("languages", langs)) : t("profile.none_chosen") });
   };
   effects.set.addEventListener("change", summarise);
   languages.set.addEventListener("change", summarise);
@@ -53,8 +54,8 @@ export function profileFields(vocabulary, initial, copy) {
   });
   const check = () => {
     const v = value();
-    if (!v.diagnoses.length && !v.side_effects.length) return "Choose a diagnosis or at least one topic, so we can find someone who has been there.";
-    if (!v.languages.length) return "Choose at least one language.";
+    if (!v.diagnoses.length && !v.side_effects.length) return t("profile.need_topic");
+    if (!v.languages.length) return t("profile.need_language");
     return "";
   };
   const set = (profile) => {

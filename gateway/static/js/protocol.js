@@ -15,6 +15,8 @@
 //   is none) and answer {type: "reauth", token}.  Without one the server closes 4401 "token expired" at
 //   exp; with a `refresh` we fetch a token then and reconnect (and resume), otherwise we are signed out.
 
+import { t } from "./i18n.js";
+
 const FATAL_CLOSES = new Map([
   [4401, "signed_out"],
   [4403, "suspended"],
@@ -34,9 +36,10 @@ export function backoffDelay(attempt, { baseMs = 500, capMs = 10000 } = {}, rand
 }
 
 export class Connection {
-  constructor(token, { url = defaultUrl(), backoff = {}, heartbeatMs = 15000, silenceMs = 40000, refresh = null } = {}) {
+  constructor(token, { url = defaultUrl(), backoff = {}, heartbeatMs = 15000, silenceMs = 40000, refresh = null, locale = null } = {}) {
     this.token = token;
     this.refresh = refresh;       // async () => a fresh token for the same user and role, or null
+    this.locale = locale;         // the page's language: the server picks crisis lines by it
     this.renewing = null;         // the refresh in progress (one at a time)
     this.expiredCloses = 0;       // "token expired" closes since the last welcome
     this.url = url;
@@ -100,7 +103,7 @@ export class Connection {
     ws.onopen = () => {
       const resume = {};
       for (const [cid, pos] of this.resume) resume[cid] = { seq: pos.seq, epoch: pos.epoch };
-      ws.send(JSON.stringify({ type: "hello", token: this.token, resume }));
+      ws.send(JSON.stringify({ type: "hello", token: this.token, resume, ...(this.locale ? { locale: this.locale } : {}) }));
     };
     ws.onmessage = (event) => this.receive(event.data);
     ws.onclose = (event) => this.closed(ws, event);
@@ -324,7 +327,7 @@ export class Connection {
     for (const item of [...this.outbox.values()]) {
       if (item.conversation_id !== conversationId) continue;
       this.outbox.delete(item.client_id);
-      this.setItem(item, "failed", { code, note: "The conversation ended before this was sent." });
+      this.setItem(item, "failed", { code, note: t("chat.status.ended_before") });
       this.settled(item.client_id);
     }
   }

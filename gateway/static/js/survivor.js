@@ -6,37 +6,43 @@
 import { ChatDeck } from "./chat.js";
 import { profileFields, saveProfile, savedProfile } from "./profile.js";
 import { resourcesPanel } from "./resources.js";
+import { list, secondsLeft, t, tx } from "./i18n.js";
 import { announce, fill, h, isolate } from "./ui.js";
 
-const OFFER_GONE = {
-  offer_expired: "The time to answer ran out; we offered the chat to someone else.",
-  offer_withdrawn: "The patient is no longer waiting.",
-  declined: "You declined. Thank you for being honest about your energy.",
-};
+const OFFER_GONE = () => ({
+  offer_expired: t("offer.gone.expired"),
+  offer_withdrawn: t("offer.gone.withdrawn"),
+  declined: t("offer.gone.declined"),
+});
+
+/** What a patient and this survivor share, in words: "Breast cancer · Fatigue". */
+export function sharedTopics(shared, label) {
+  return [
+    ...(shared?.diagnoses || []).map((c) => label("diagnoses", c)),
+    ...(shared?.side_effects || []).map((c) => label("side_effects", c)),
+  ];
+}
 
 class OfferCard {
   constructor(conn, offer, label, onGone) {
     this.conn = conn;
+    this.goneOnce = false;
     this.offer = offer;
     this.onGone = onGone;
     this.total = Math.max(1, offer.expires_in_s || 30);
     this.deadline = performance.now() + (offer.expires_in_s || 0) * 1000;
-    const shared = offer.shared || {};
-    const topics = [
-      ...(shared.diagnoses || []).map((c) => label("diagnoses", c)),
-      ...(shared.side_effects || []).map((c) => label("side_effects", c)),
-    ];
-    const name = offer.patient?.name || "Someone";
+    const topics = sharedTopics(offer.shared, label);
+    const name = offer.patient?.name || t("offer.someone");
     this.seconds = h("span", { class: "seconds" });
     this.meter = h("progress", { max: this.total, value: this.total, "aria-hidden": "true" });
-    this.accept = h("button", { type: "button", class: "primary", text: "Accept", on: { click: () => this.answer("accept") } });
-    this.decline = h("button", { type: "button", class: "secondary", text: "Decline", on: { click: () => this.answer("decline") } });
-    this.status = h("p", { class: "hint", role: "status" });
+    this.accept = h("button", { type: "button", class: "primary", text: t("offer.accept"), on: { click: () => this.answer("accept") } });
+    this.decline = h("button", { type: "button", class: "secondary", text: t("offer.decline"), on: { click: () => this.answer("decline") } });
+    this.status = h("p", { class: "hint", role: "status", tabIndex: -1 });
     this.node = h("article", { class: "card offer", "data-offer": offer.offer_id, "aria-labelledby": `${offer.offer_id}-t` },
-      h("h3", { id: `${offer.offer_id}-t` }, isolate(name), " would like to talk"),
-      h("p", {}, "You share: ", h("strong", { text: topics.join(" · ") || "your experience" })),
-      h("p", { class: "hint" }, isolate(name), " will see your name and these topics."),
-      h("p", { class: "countdown" }, this.seconds, " left to answer"),
+      h("h3", { id: `${offer.offer_id}-t` }, tx("offer.title", { name: isolate(name) })),
+      h("p", {}, tx("shared.you_share", { topics: h("strong", { text: topics.join(" · ") || t("shared.experience") }) })),
+      h("p", { class: "hint" }, tx("offer.sees", { name: isolate(name) })),
+      h("p", { class: "countdown" }, tx("offer.left", { time: this.seconds })),
       this.meter,
       h("div", { class: "row" }, this.accept, this.decline),
       this.status);
@@ -50,23 +56,28 @@ class OfferCard {
 
   tick() {
     const left = this.remaining();
-    this.seconds.textContent = `${left} s`;
+    this.seconds.textContent = secondsLeft(left);
     this.meter.value = left;
-    if (left === 10 && !this.warned && !this.answered) { this.warned = true; announce("10 seconds left to answer the chat request."); }
+    if (left === 10 && !this.warned && !this.answered) { this.warned = true; announce(t("offer.ten_left", { seconds: 10 })); }
     if (left === 0) clearInterval(this.timer);
   }
 
   answer(kind) {
     if (!this.conn.send({ type: kind, offer_id: this.offer.offer_id })) {
-      this.status.textContent = "You are offline; we are reconnecting.";
+      this.status.textContent = t("common.offline");
       return;
     }
+    const hadFocus = this.node.contains(document.activeElement);
     this.accept.disabled = this.decline.disabled = true;
-    this.status.textContent = kind === "accept" ? "Connecting you…" : "Declining…";
+    this.status.textContent = kind === "accept" ? t("offer.connecting") : t("offer.declining");
     this.answered = kind;
+    if (hadFocus) this.status.focus();     // the buttons it was on are disabled: keep it on the offer
+    this.onAnswered?.();
   }
 
   gone(text) {
+    if (this.goneOnce) return;
+    this.goneOnce = true;
     clearInterval(this.timer);
     fill(this.node, h("p", { class: "hint", text }));
     this.node.classList.add("gone");
@@ -77,40 +88,41 @@ class OfferCard {
   destroy() {
     clearInterval(this.timer);
     this.node.remove();
+    this.onGone(this);
   }
 }
 
 function availabilityText(state) {
-  if (state.reason === "missed_offers") return state.message || "Two offers went unanswered, so you are now unavailable.";
-  if (!state.available) return "You are not available for new chats.";
-  const busy = state.active ? ` You are in ${state.active} chat${state.active > 1 ? "s" : ""}.` : "";
-  return `You are available for up to ${state.max_chats} chat${state.max_chats > 1 ? "s" : ""} at a time.${busy}`;
+  if (state.reason === "missed_offers") return t("avail.missed");
+  if (!state.available) return t("avail.off");
+  const busy = state.active ? ` ${t("avail.busy", { count: state.active })}` : "";
+  return `${t("avail.on", { count: state.max_chats })}${busy}`;
 }
 
-export function survivorPage(root, conn, { vocabulary, label }) {
+export function survivorPage(root, conn, { vocabulary, label, alerts }) {
   const offers = new Map();           // offer_id -> OfferCard
   let server = null;                  // the last availability state the server told us
   const resources = resourcesPanel(conn);
 
   // ---- availability ----
   const fields = profileFields(vocabulary, savedProfile("survivor"), {
-    diagnosis: "Your diagnosis",
-    sideEffects: "What you can talk about from experience",
-    sideEffectsSummary: "Side effects and topics",
-    languages: "Languages you can chat in",
-    languagesSummary: "Languages",
+    diagnosis: t("profile.diagnosis"),
+    sideEffects: t("survivor.topics"),
+    sideEffectsSummary: t("profile.topics.summary"),
+    languages: t("profile.languages"),
+    languagesSummary: t("profile.languages.summary"),
   });
-  const maxChats = h("select", { id: "max-chats" }, [1, 2, 3].map((n) => h("option", { value: String(n), text: String(n) })));
+  const maxChats = h("select", { id: "max-chats" }, [1, 2, 3].map((n) => h("option", { value: String(n), text: new Intl.NumberFormat(document.documentElement.lang).format(n) })));
   const toggle = h("button", { type: "button", role: "switch", class: "switch", id: "available", "aria-checked": "false", "aria-describedby": "availability-state" },
-    h("span", { class: "knob", "aria-hidden": "true" }), h("span", { class: "switch-label", text: "Available for new chats" }));
-  const stateText = h("p", { id: "availability-state", class: "state", role: "status", "aria-live": "polite", text: "Checking…" });
+    h("span", { class: "knob", "aria-hidden": "true" }), h("span", { class: "switch-label", text: t("avail.switch") }));
+  const stateText = h("p", { id: "availability-state", class: "state", role: "status", "aria-live": "polite", text: t("avail.checking") });
   const formError = h("p", { class: "error-note", role: "alert" });
-  const save = h("button", { type: "submit", class: "secondary", text: "Save profile" });
+  const save = h("button", { type: "submit", class: "secondary", text: t("survivor.save") });
   const profileForm = h("form", { class: "profile-form" }, fields.node,
-    h("div", { class: "field inline" }, h("label", { for: "max-chats", text: "Chats at once" }), maxChats), formError, save);
-  const settings = h("details", { class: "settings" }, h("summary", { text: "Your profile" }), profileForm);
+    h("div", { class: "field inline" }, h("label", { for: "max-chats", text: t("survivor.max_chats") }), maxChats), formError, save);
+  const settings = h("details", { class: "settings" }, h("summary", { text: t("survivor.profile") }), profileForm);
   const panel = h("section", { class: "card availability", "aria-labelledby": "avail-title" },
-    h("h2", { id: "avail-title", text: "Your availability" }), toggle, stateText, settings);
+    h("h2", { id: "avail-title", text: t("avail.title") }), toggle, stateText, alerts.permissionNote, alerts.soundToggle(), settings);
 
   function send(available) {
     const problem = fields.check();
@@ -119,8 +131,9 @@ export function survivorPage(root, conn, { vocabulary, label }) {
     const profile = fields.value();
     saveProfile("survivor", profile);
     const ok = conn.send({ type: "availability", available, profile, max_chats: Number(maxChats.value) });
-    if (!ok) { formError.textContent = "You are offline right now; we will reconnect in a moment."; return; }
+    if (!ok) { formError.textContent = t("common.offline"); return; }
     toggle.setAttribute("aria-busy", "true");
+    if (available) alerts.askPermission();      // one sentence of why, asked when it becomes useful
   }
   toggle.addEventListener("click", () => send(!(server && server.available)));
   profileForm.addEventListener("submit", (event) => { event.preventDefault(); send(Boolean(server && server.available)); });
@@ -136,18 +149,27 @@ export function survivorPage(root, conn, { vocabulary, label }) {
   }
 
   // ---- offers ----
-  const offerList = h("div", { class: "offers", "aria-live": "polite", "aria-label": "Chat requests" });
+  const offerList = h("div", { class: "offers", role: "region", "aria-live": "polite", "aria-label": t("offer.list") });
   function addOffer(frame) {
     if (offers.has(frame.offer_id)) return;
-    const card = new OfferCard(conn, frame, label, (c) => offers.delete(c.offer.offer_id));
+    const card = new OfferCard(conn, frame, label, (c) => { offers.delete(c.offer.offer_id); alerts.clear(`offer-${c.offer.offer_id}`); });
+    card.onAnswered = () => alerts.clear(`offer-${frame.offer_id}`);
     offers.set(frame.offer_id, card);
     offerList.append(card.node);
-    announce(`${frame.patient?.name || "Someone"} would like to talk. You have ${frame.expires_in_s} seconds to answer.`);
+    const name = frame.patient?.name || t("offer.someone");
+    announce(t("offer.announce", { name, seconds: frame.expires_in_s }));
+    // the tab is hidden: a system notification, the title, a gentle sound, a vibration (alerts.js)
+    alerts.raise(`offer-${frame.offer_id}`, {
+      title: t("alerts.offer.title", { name }),
+      body: t("shared.you_share", { topics: list(sharedTopics(frame.shared, label)) || t("shared.experience") }),
+      titleBar: t("alerts.offer.titlebar"),
+      focus: () => card.accept,
+    });
     // move focus to the offer only if it is not somewhere else already (e.g. typing in another chat)
     const active = document.activeElement;
     if (!active || active === document.body || active.id === "main" || panel.contains(active)) card.accept.focus({ preventScroll: true });
   }
-  const offerGone = (f) => offers.get(f.offer_id)?.gone(OFFER_GONE[f.type]);
+  const offerGone = (f) => offers.get(f.offer_id)?.gone(OFFER_GONE()[f.type]);
 
   // ---- chats ----
   const deck = new ChatDeck(conn, { label });
@@ -177,7 +199,7 @@ export function survivorPage(root, conn, { vocabulary, label }) {
   conn.on("error", (f) => {
     if (f.ref === "availability") { toggle.removeAttribute("aria-busy"); formError.textContent = f.message; settings.open = true; }
     if ((f.ref === "accept" || f.ref === "decline") && f.code === "not_found") {
-      for (const card of offers.values()) if (card.answered) card.gone("This request is no longer open.");
+      for (const card of [...offers.values()]) if (card.answered) card.gone(t("offer.gone.closed"));
     }
   });
 }

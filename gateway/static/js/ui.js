@@ -1,6 +1,8 @@
 // DOM helpers.  Every piece of text goes in through textContent or a text node:
 // nothing in this client ever assigns innerHTML, so text a person typed can never become markup.
 
+import { t } from "./i18n.js";
+
 /**
  * Create an element.  props: {class, text, hidden, on: {event: fn}, attrs: {name: value}, ...properties};
  * children: nodes, strings (as text nodes), arrays, or null/false (skipped).
@@ -64,7 +66,7 @@ export function checkboxGroup(legend, items, checked = [], { name } = {}) {
   const boxes = items.map((item) => {
     const box = h("input", { type: "checkbox", name: name || legend, value: item.code, checked: chosen.has(item.code) });
     box.id = nextId("cb");
-    return { box, row: h("div", { class: "check" }, box, h("label", { for: box.id, text: item.label })) };
+    return { box, row: h("div", { class: "check" }, box, h("label", { for: box.id, text: item.label, lang: item.fallback ? "en" : null })) };
   });
   const set = h("fieldset", { class: "checks" }, h("legend", { text: legend }),
     h("div", { class: "check-grid" }, boxes.map((b) => b.row)));
@@ -80,7 +82,7 @@ export function checkboxGroup(legend, items, checked = [], { name } = {}) {
  * A button that asks "are you sure?" in place (no window.confirm: calm, and keyboard friendly).
  * label and question: strings, nodes or arrays of both (e.g. with an isolated name).
  */
-export function confirmButton(label, question, onConfirm, { cls = "secondary", yes = "Yes", no = "Cancel" } = {}) {
+export function confirmButton(label, question, onConfirm, { cls = "secondary", yes = t("common.yes"), no = t("common.cancel") } = {}) {
   const wrap = h("span", { class: "confirm" });
   const first = h("button", { type: "button", class: cls }, label);
   const ask = () => {
@@ -111,29 +113,6 @@ export function labeller(vocabulary) {
     maps[kind] = new Map((vocabulary?.[kind] || []).map((item) => [item.code, item.label]));
   }
   return (kind, code) => maps[kind]?.get(code) || code;
-}
-
-export function clock(ts) {
-  const d = new Date(ts);
-  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-}
-
-/** "just now", "3 min ago", "2 h ago" for a millisecond timestamp. */
-export function ago(ts, now = Date.now()) {
-  const s = Math.max(0, Math.round((now - ts) / 1000));
-  if (s < 45) return "just now";
-  const m = Math.round(s / 60);
-  if (m < 60) return `${m} min ago`;
-  const hrs = Math.round(m / 60);
-  if (hrs < 48) return `${hrs} h ago`;
-  return `${Math.round(hrs / 24)} days ago`;
-}
-
-/** "about 40 s", "about 3 min" for a wait estimate in seconds. */
-export function duration(seconds) {
-  if (seconds === null || seconds === undefined) return "a moment";
-  if (seconds < 60) return `about ${Math.max(5, Math.round(seconds / 5) * 5)} s`;
-  return `about ${Math.round(seconds / 60)} min`;
 }
 
 /** Only http(s) links from configuration become hrefs. */

@@ -1,0 +1,170 @@
+"""Accessibility as a tested property: axe-core (npm, tests/browser/axe) finds no serious or critical
+violation on any main screen of any role, in English and in Arabic (right to left): sign-in, profile,
+waiting, offer, chat (with the crisis panel), ended with feedback, the moderator's feed, the watched
+chat and the audit log.  And a patient and a survivor get from sign-in to a sent message with the
+keyboard alone, the focus visible at every step, in a browser that asks for reduced motion."""
+from __future__ import annotations
+
+import pytest
+from playwright.async_api import expect
+
+from support.webpage import (
+    AXE,
+    DESK,
+    available,
+    axe_violations,
+    choose_diagnosis,
+    focus_is_visible,
+    sign_in_as,
+)
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(autouse=True)
+def _axe_installed():
+    if not AXE.exists():
+        pytest.skip(f"axe-core is not installed at {AXE} (make test runs npm ci in tests/browser/axe)")
+
+
+class Audit:
+    def __init__(self) -> None:
+        self.found: dict[str, list] = {}
+        self.screens: list[str] = []
+
+    async def __call__(self, page, screen: str, within: str | None = None) -> None:
+        self.screens.append(screen)
+        violations = await axe_violations(page, within)
+        if violations:
+            self.found[screen] = violations
+
+    def report(self) -> str:
+        return "\n".join(f"{screen}: {v['id']} ({v['impact']}): {v['help']}: {v['nodes']}"
+                         for screen, found in self.found.items() for v in found)
+
+
+@pytest.mark.parametrize("locale", ["en-US", "ar-EG"])
+async def test_every_main_screen_of_every_role_passes_axe(web, open_page, locale):
+    (g,) = web(1)
+    audit = Audit()
+    m = await open_page(g.url, "moderator", viewport=DESK, locale=locale)
+    if locale.startswith("ar"):
+        await expect(m.locator("html")).to_have_attribute("dir", "rtl")
+    await audit(m, "sign-in")
+    await sign_in_as(m, "moderator", "Mo")
+    await audit(m, "moderator feed (empty)")
+
+    p = await open_page(g.url, "patient", locale=locale)
+    await sign_in_as(p, "patient", "Pat")
+    await audit(p, "patient profile")
+    await choose_diagnosis(p)
+    await p.locator("button.talk-now").click()
+    await expect(p.locator("section.queue")).to_be_visible()
+    await audit(p, "patient waiting")
+
+    s = await open_page(g.url, "survivor", locale=locale)
+    await sign_in_as(s, "survivor", "Sam")
+    await audit(s, "survivor profile")
+    await available(s)
+    offer = s.locator("article.offer")
+    await expect(offer).to_be_visible()
+    await audit(s, "survivor offer")
+    await offer.locator("button.primary").click()
+    await expect(s.locator(".chat form.composer")).to_be_visible()
+    await expect(p.locator(".chat form.composer")).to_be_visible()
+
+    await p.locator(".chat form.composer textarea").fill("Some days I want to end my life.")
+    await p.locator(".chat form.composer textarea").press("Enter")
+    await expect(p.locator("#resources")).to_be_visible()
+    await expect(s.locator(".messages li.msg")).to_have_count(1)
+    await audit(p, "patient chat with the crisis panel")
+    await audit(s, "survivor chat")
+
+    flag = m.locator(".flag-feed li.flag")
+    await expect(flag).to_have_count(1)
+    await audit(m, "moderator feed with a flag")
+    await flag.locator("button.primary").click()
+    await expect(m.locator("section.watch .messages li.msg")).to_have_count(1)
+    await audit(m, "watched chat")
+
+    await s.locator(".chat-actions .confirm button").first.click()
+    await s.locator(".chat-actions .confirm button.danger").click()
+    await expect(p.locator("form.feedback")).to_be_visible()
+    await expect(s.locator("form.feedback")).to_be_visible()
+    await audit(p, "patient ended, with feedback")
+    await audit(s, "survivor ended, with feedback")
+
+    await m.locator("[role=tab]").nth(1).click()
+    await expect(m.locator("section.audit tbody tr").first).to_be_visible()
+    await audit(m, "audit log")
+    assert len(audit.screens) == 13
+    assert not audit.found, audit.report()
+
+
+async def test_from_sign_in_to_a_sent_message_with_the_keyboard_alone(web, open_page):
+    (g,) = web(1)
+    steps: list[dict] = []
+
+    async def press(page, key: str, times: int = 1, then: str | None = None) -> None:
+        """Press key; ``then``: the screen it leads to, waited for before the focus is looked at."""
+        for _ in range(times):
+            await page.keyboard.press(key)
+        if then:
+            await expect(page.locator(then)).to_be_visible()
+        state = await focus_is_visible(page)
+        steps.append(state)
+        assert state["visible"], f"focus not visible after {key}: {state}"
+
+    async def tab_to(page, selector: str, limit: int = 40, key: str = "Tab") -> None:
+        for _ in range(limit):
+            await press(page, key)
+            if await page.evaluate("(sel) => document.activeElement?.matches(sel)", selector):
+                return
+        raise AssertionError(f"Tab never reached {selector}; last: {steps[-1]}")
+
+    async def keyboard_sign_in(page, role: str, name: str) -> None:
+        await expect(page.locator("#role-patient")).to_be_focused()     # the page starts on the first choice
+        if role == "survivor":
+            await press(page, "ArrowDown")
+        await expect(page.locator(f"#role-{role}")).to_be_checked()
+        await tab_to(page, "#name")
+        await page.keyboard.type(name)
+        await press(page, "Enter", then=f".page-{role}")
+
+    # the patient: sign in, choose a diagnosis, Talk now
+    p = await open_page(g.url, "patient", reduced_motion="reduce")
+    await keyboard_sign_in(p, "patient", "Pat")
+    await tab_to(p, ".profile-fields select")
+    await press(p, "ArrowDown")
+    await expect(p.locator(".profile-fields select").first).to_have_value("breast")
+    await tab_to(p, "button.talk-now")
+    await press(p, "Enter", then="section.queue")
+    await expect(p.locator("#queue-title")).to_be_focused()
+    # reduced motion: the waiting pulse stands still
+    assert await p.evaluate(
+        "getComputedStyle(document.querySelector('.pulse'), '::after').animationName") == "none"
+
+    # the survivor: sign in, choose a diagnosis, switch available, accept with Enter
+    s = await open_page(g.url, "survivor", reduced_motion="reduce")
+    await keyboard_sign_in(s, "survivor", "Sam")
+    await tab_to(s, ".profile-fields select")
+    await press(s, "ArrowDown")
+    await tab_to(s, "#available", key="Shift+Tab")     # the switch is above the profile
+    await press(s, "Space")
+    await expect(s.locator("#available")).to_have_attribute("aria-checked", "true")
+    accept = s.locator("article.offer button.primary")
+    await expect(accept).to_be_focused()          # the offer takes the focus from the availability panel
+    assert (await focus_is_visible(s))["visible"]
+    await press(s, "Enter")                       # "Connecting you…" keeps the focus on the offer
+    await expect(s.locator(".chat form.composer")).to_be_visible()
+
+    # both are in the chat with the focus in the message box: type and press Enter
+    for page, text in ((s, "Hello Pat, I'm here."), (p, "Thank you for coming.")):
+        box = page.locator(".chat form.composer textarea")
+        await expect(box).to_be_focused()
+        assert (await focus_is_visible(page))["visible"]
+        await page.keyboard.type(text)
+        await press(page, "Enter")
+    await expect(p.locator(".messages .text")).to_have_text(["Hello Pat, I'm here.", "Thank you for coming."])
+    await expect(s.locator(".messages .text")).to_have_text(["Hello Pat, I'm here.", "Thank you for coming."])
+    assert len(steps) > 10
