@@ -7,8 +7,9 @@ Order matters, so that a crash part-way can simply be retried (``aftertalk erase
    the erasure is refused at hello, and the matcher's request and availability scripts refuse a
    session signed in with one (a session that raced the close cannot queue or become available).
    A token issued *after* the erasure starts afresh (a returning user).
-2. The caller takes the user out of matching (``MatchStore.forget``: their request dropped, their
-   pending offers withdrawn, out of the match indexes).
+2. The caller takes the user out of matching (``MatchStore.forget``: their request and talk-later
+   request dropped, their pending offers and talk-later cards withdrawn, out of the match and
+   availability indexes, their contacts ended for both sides, requests addressed to them dropped).
 3. Per conversation in ``keys.user_history(uid)``, one script rebuilds the log without the user's
    text and name (see ``chat/lua/erase.lua``; seqs and the peer's messages are kept) and marks the
    user erased in the conversation (append refuses them there from then on); flags quoting them
@@ -17,7 +18,10 @@ Order matters, so that a crash part-way can simply be retried (``aftertalk erase
 5. Ask Redis to rewrite its AOF, so the original XADDs leave the disk as well.
 
 What is removed: the user's profile and availability (``sv:``), their offers, request and its "not
-again" list, their talk-now counters, their blocks, their lists of open conversations, of past
+again" list, their talk-now counters, their talk-later request (``lt:``) with its offers, "not again"
+list, expiry entry and expired-while-away notice, the talk-later cards they hold (``sv:ID:later``),
+requests addressed to them (``lx:for:``), their contacts (``ct:``, both sides' ``cts:`` lists) and
+their one-sided keep-in-touch requests (``kit:``), their blocks, their lists of open conversations, of past
 conversations and of peers talked with, their place in the relax, away and cool-down sets, their
 message texts and names in every log, their client ids (the idempotency map of each log), flag
 excerpts quoting them. Their live connections' presence entries go as the gateways close them. What
@@ -72,12 +76,17 @@ async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str,
         erased += await store.erase_sender(cid, uid)
         await forget_author(redis, keys, cid, uid)     # flag excerpts quote the user's words too
         await forget_name(redis, keys, cid, uid)       # the matcher's record names both participants
+        await redis.srem(keys.keep_in_touch(cid), uid)   # a one-sided keep-in-touch request
     hour = int((await redis.time())[0]) // 3600      # talk-now counters live 3,700 s: this hour's and the last
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.request_count(uid, hour), keys.request_count(uid, hour - 1))
         pipe.delete(keys.survivor(uid), keys.request(uid), keys.blocks(uid), keys.user_convs(uid), keys.peers(uid),
                     keys.survivor_offers(uid), keys.request_declined(uid))
-        for zset in (keys.relax, keys.away, keys.cooldowns):
+        # talk-later and contacts (MatchStore.forget ended them; these are what a crash could leave)
+        pipe.delete(keys.later(uid), keys.later_offers(uid), keys.later_declined(uid), keys.survivor_later(uid),
+                    keys.later_for(uid), keys.user_contacts(uid))
+        pipe.hdel(keys.later_expired, uid)
+        for zset in (keys.relax, keys.away, keys.cooldowns, keys.later_deadlines):
             pipe.zrem(zset, uid)
         pipe.delete(keys.user_history(uid))
         await pipe.execute()

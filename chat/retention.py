@@ -8,6 +8,9 @@ conversation's log keys live in its own slot and the control-plane record in
 ``ended`` entry (one MULTI on the ``{ctl}`` slot).  A conversation with an unresolved
 flag is kept until a moderator resolves it.  A crash in between leaves
 the ``ended`` entry, so the next run finishes the job; every step is idempotent.
+A one-sided keep-in-touch request of the conversation (``keys.keep_in_touch``) goes with its
+record; a contact both sides kept (``keys.contact``) outlives the conversation until either side
+ends it, a block, or an erasure.
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ async def purge_expired(redis: Any, keys: Keys, *, now_s: float, retention_s: fl
             await pipe.execute()
         async with redis.pipeline(transaction=True) as pipe:
             for cid in cids:
-                pipe.delete(keys.conversation(cid), keys.conv_flags(cid))
+                pipe.delete(keys.conversation(cid), keys.conv_flags(cid), keys.keep_in_touch(cid))
             for fid in flag_ids:
                 pipe.delete(keys.flag(fid))
             pipe.zrem(keys.ended, *cids)

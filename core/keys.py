@@ -170,6 +170,66 @@ class Keys:
     def scratch_both(self) -> str:                # scratch zset: survivors sharing both of two diagnoses
         return f"{self.ctl}tmp:both"
 
+    # ---- honest waits: who is available at all, and how fast fitting survivors free up (issue 14) --
+    def avail_dx(self, code: str) -> str:         # set of available, online survivors (busy or not), per diagnosis
+        return f"{self.ctl}av:dx:{code}"
+
+    def avail_se(self, code: str) -> str:         # the same, per side effect
+        return f"{self.ctl}av:se:{code}"
+
+    def avail_lang(self, code: str) -> str:       # the same, per language
+        return f"{self.ctl}av:lang:{code}"
+
+    @property
+    def free_rates(self) -> str:                  # hash "dx=CODE|LANG" / "se=CODE|LANG" -> "count|at|since":
+        return f"{self.ctl}free-rates"            # decayed count of survivors becoming free (no user ids)
+
+    @property
+    def scratch_fit(self) -> str:                 # scratch set: available survivors fitting a request
+        return f"{self.ctl}tmp:fit"
+
+    # ---- talk-later requests, their offers, and contacts (issue 14) ------------------
+    def later(self, uid: str) -> str:             # hash: a patient's talk-later request (at most one)
+        return f"{self.ctl}lt:{uid}"
+
+    def later_offers(self, uid: str) -> str:      # hash survivor -> offer id: a talk-later request's open offers
+        return f"{self.ctl}lt:{uid}:offers"
+
+    def later_declined(self, uid: str) -> str:    # set: survivors who declined this talk-later request
+        return f"{self.ctl}lt:{uid}:no"
+
+    @property
+    def later_deadlines(self) -> str:             # zset patient -> when their talk-later request expires
+        return f"{self.ctl}lt-deadlines"
+
+    @property
+    def later_expired(self) -> str:               # hash patient -> request id expired while they were away
+        return f"{self.ctl}lt-expired"            # (told in their next welcome, then removed)
+
+    def later_dx(self, code: str) -> str:         # zset open talk-later request -> created, per diagnosis
+        return f"{self.ctl}lx:dx:{code}"
+
+    def later_se(self, code: str) -> str:         # the same, per side effect
+        return f"{self.ctl}lx:se:{code}"
+
+    def later_lang(self, code: str) -> str:       # the same, per language
+        return f"{self.ctl}lx:lang:{code}"
+
+    def later_for(self, uid: str) -> str:         # zset patient -> created: requests addressed to this survivor
+        return f"{self.ctl}lx:for:{uid}"          # (talk-later from talk_again, and live talk_again requests)
+
+    def survivor_later(self, uid: str) -> str:    # set of the talk-later offer ids a survivor holds
+        return f"{self.ctl}sv:{uid}:later"
+
+    def contact(self, contact_id: str) -> str:    # hash: a kept contact (patient, survivor, names, shared)
+        return f"{self.ctl}ct:{contact_id}"
+
+    def user_contacts(self, uid: str) -> str:     # set of a user's contact ids
+        return f"{self.ctl}cts:{uid}"
+
+    def keep_in_touch(self, cid: str) -> str:     # set: participants of a conversation who asked to keep in touch
+        return f"{self.ctl}kit:{cid}"
+
     @property
     def screen_queue(self) -> str:                # stream: (conversation, seq) of messages for the model to screen
         return f"{self.ctl}screen"

@@ -39,6 +39,7 @@ from gateway.connection import Conn
 from gateway.limits import backoff
 from gateway.link import Link
 from gateway.sharded_pubsub import ShardedSubscriber
+from matcher.estimate import public_queued
 
 log = logging.getLogger("aftertalk.hub")
 FILL_BATCH = 500
@@ -392,7 +393,13 @@ class Hub:
                 if conn.user.iat is None or conn.user.iat <= at:
                     conn.close(CloseCode.UNAUTHORIZED, ERASED_REASON)
             return
-        text = data.decode()
+        refresh = False
+        if kind == "queued":      # the matcher's inputs -> the honest estimate (matcher.estimate, pure)
+            refresh = bool(frame.get("refresh"))
+            frame = public_queued(frame)
+            text = orjson.dumps(frame).decode()
+        else:
+            text = data.decode()
         for conn in list(conns):
             if kind == "matched":
                 cid = frame["conversation_id"]
@@ -404,7 +411,7 @@ class Hub:
                 if self.shards is not None:
                     self.fill(conn, cid)    # follow its shard channel, then catch up what came first
             elif kind == "queued":
-                if conn.position == frame.get("position"):
+                if conn.position == frame.get("position") and not refresh:
                     continue
                 conn.position = frame.get("position")
             elif kind == "cancelled":

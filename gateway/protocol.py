@@ -53,8 +53,15 @@ FRAMES: dict[str, Spec] = {
     "moderator_end": Spec(frozenset({MODERATOR}), {"conversation_id": str, "reason": str}),
     "suspend": Spec(frozenset({MODERATOR}), {"user_id": str, "reason": str}, {"until": NUM}),
     "resolve": Spec(frozenset({MODERATOR}), {"flag_id": str, "resolution": str}, {"outcome": str}),
+    # issue 14: wider matches, talk-later requests, keeping in touch
+    "widen": Spec(frozenset({PATIENT}), {"profile": dict}, {"prefer_same_diagnosis_s": NUM}),
+    "talk_later": Spec(frozenset({PATIENT}), {"profile": dict}, {"within_h": NUM, "note": str}),
+    "cancel_later": Spec(frozenset({PATIENT}), {"request_id": str}),
+    "keep_in_touch": Spec(PEERS, {"conversation_id": str}),
+    "talk_again": Spec(frozenset({PATIENT}), {"contact_id": str}),
+    "end_contact": Spec(PEERS, {"contact_id": str}),
 }
-ID_FIELDS = ("conversation_id", "client_id", "offer_id", "flag_id", "user_id")
+ID_FIELDS = ("conversation_id", "client_id", "offer_id", "flag_id", "user_id", "request_id", "contact_id")
 
 
 def _kind(expected: type | tuple[type, ...]) -> str:

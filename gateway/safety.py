@@ -143,7 +143,7 @@ class Safety:
         The message was acknowledged already, so a failure here is not the sender's error: the
         flags are retried a few times and then logged.  Raising them is idempotent."""
         if CRISIS in verdict.categories:
-            frame = resources_frame(cid, self.crisis_lines)
+            frame = resources_frame(cid, self.crisis_lines, conn.user.locale)     # lines for their locale
             try:        # to every connection of the author, on every gateway
                 await self.hub.publish_user(conn.user.id, frame)
             except Exception:
@@ -226,6 +226,7 @@ class Safety:
             "participants": {"patient": {"id": meta.patient, "name": meta.patient_name},
                              "survivor": {"id": meta.survivor, "name": meta.survivor_name}},
             "flags": flags,
+            "contact": await self.match.contact_between(meta.patient, meta.survivor),   # keep in touch (issue 14)
             "messages": [message_frame(cid, meta.epoch, m, moderator_view=True) for m in messages],
             "has_more": bool(messages) and messages[0].seq > 1}).decode())
         conn.delivered[cid] = messages[-1].seq if messages else 0

@@ -39,6 +39,10 @@ from matcher.vocabulary import Vocabulary
 
 log = logging.getLogger("aftertalk.service")
 
+LATER_NOTE_CHARS = 280      # a talk-later request's note, shown to survivors
+LATER_DEFAULT_H = 24        # a talk-later request's life unless within_h says otherwise (and talk_again's)
+LATER_NOTE_REFUSED = frozenset({"crisis", "abuse"})   # moderation categories a note may not carry
+
 
 class SafetyHooks(Protocol):
     """What the participants' service asks of the moderators' side (:class:`gateway.safety.Safety`)."""
@@ -78,6 +82,10 @@ class Service:
             "send": self.on_send, "history": self.on_history, "typing": self.on_typing,
             "end": self.on_end, "block": self.on_block, "feedback": self.on_feedback,
             "reauth": self.on_reauth,
+            # issue 14: honest waits, wider matches, talk-later requests, the same survivor again
+            "widen": self.on_widen, "talk_later": self.on_talk_later, "cancel_later": self.on_cancel_later,
+            "keep_in_touch": self.on_keep_in_touch, "talk_again": self.on_talk_again,
+            "end_contact": self.on_end_contact,
         }
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -125,12 +133,16 @@ class Service:
         if not waiting:
             return
         positions = await self.match.queue_positions([c.user.id for c in waiting])
-        estimate = await self.match.wait_estimate()
-        for conn, pos in zip(waiting, positions, strict=True):
-            if pos is not None and pos != conn.position:
-                conn.position = pos
-                conn.push(orjson.dumps({"type": "queued", "position": pos,
-                                        "estimated_wait_s": round(estimate * pos)}).decode())
+        moved = [(c, pos) for c, pos in zip(waiting, positions, strict=True) if pos is not None and pos != c.position]
+        if not moved:
+            return
+        uids = sorted({c.user.id for c, _ in moved})
+        frames = dict(zip(uids, await self.match.queued_frames(uids), strict=True))
+        for conn, _ in moved:
+            queued = frames.get(conn.user.id)
+            if queued is not None:
+                conn.position = queued["position"]
+                conn.push(orjson.dumps(queued).decode())
 
     # ---- sessions -------------------------------------------------------------------
     def new_conn(self, ws: Any, user: Identity, on_slow: Callable[[Conn], None]) -> Conn:
@@ -149,6 +161,10 @@ class Service:
             state = await self.match.user_state(uid, conn.user.role)
             if conn.user.role == "survivor":
                 state["offers"] = await self.match.pending_offers(uid)
+            elif conn.user.role == "patient":
+                lapsed = await self.match.take_later_expired(uid)
+                if lapsed:
+                    state["later_expired"] = {"request_id": lapsed}
             metas = await asyncio.gather(*(self.chat.meta(c["conversation_id"]) for c in state["conversations"]))
         except STORE_ERRORS:
             raise unavailable() from None
@@ -287,6 +303,63 @@ class Service:
 
     async def on_cancel(self, conn: Conn, frame: dict[str, Any]) -> None:
         await self.match.cancel(conn.user.id)
+
+    # ---- issue 14 -----------------------------------------------------------------------
+    async def on_widen(self, conn: Conn, frame: dict[str, Any]) -> None:
+        """Change the waiting request's profile and hold in place: same position, a new ``queued``."""
+        profile = parse_profile(frame["profile"], self.vocabulary)
+        hold = frame.get("prefer_same_diagnosis_s") or 0
+        if not 0 <= hold <= 3600:
+            raise ServiceError(ErrorCode.BAD_FRAME, "'prefer_same_diagnosis_s' must be 0 to 3600.")
+        if hold and not profile.diagnoses:
+            raise ServiceError(ErrorCode.INVALID_PROFILE, "Holding out for a same-diagnosis peer needs a diagnosis.")
+        _, created = await self.match.widen(conn.user.id, profile, prefer_same_diagnosis_s=hold)
+        await self.conversations.open_created(created)
+
+    def _later_note(self, raw: Any) -> str:
+        """The optional note of a talk-later request, moderated like a message: contact details masked; a
+        note the rules flag as crisis or abuse is refused (the patient can rephrase it; it never reaches a
+        survivor)."""
+        if raw is None or is_blank(raw):
+            return ""
+        if len(raw) > LATER_NOTE_CHARS:
+            raise ServiceError(ErrorCode.TOO_LARGE, f"A note is at most {LATER_NOTE_CHARS} characters.", field="note")
+        if not self.settings.moderation:
+            return str(raw)
+        verdict = self.moderator.check(raw)
+        if set(verdict.categories) & LATER_NOTE_REFUSED:
+            raise ServiceError(ErrorCode.BAD_FRAME, "This note cannot be shown to a volunteer as it is; if you "
+                               "need help now, please call a crisis line.", field="note",
+                               categories=list(verdict.categories))
+        return verdict.shown_text
+
+    async def on_talk_later(self, conn: Conn, frame: dict[str, Any]) -> None:
+        profile = parse_profile(frame["profile"], self.vocabulary)
+        within_h = frame.get("within_h")
+        within_h = 24 if within_h is None else within_h
+        if not 1 <= within_h <= 72:
+            raise ServiceError(ErrorCode.BAD_FRAME, "'within_h' must be 1 to 72.", field="within_h")
+        note = self._later_note(frame.get("note"))
+        _, created = await self.match.talk_later(conn.user.id, conn.user.name, profile, within_s=within_h * 3600,
+                                                 note=note, issued_at=conn.user.iat)
+        await self.conversations.open_created(created)
+
+    async def on_cancel_later(self, conn: Conn, frame: dict[str, Any]) -> None:
+        await self.match.cancel_later(conn.user.id, frame["request_id"])
+
+    async def on_keep_in_touch(self, conn: Conn, frame: dict[str, Any]) -> None:
+        cid = frame["conversation_id"]
+        await self.conversations.participant_meta(cid, conn.user.id)     # forbidden unless a participant
+        await self.match.keep_in_touch(conn.user.id, cid)
+
+    async def on_talk_again(self, conn: Conn, frame: dict[str, Any]) -> None:
+        conn.position = None     # the answer may be a queued at an unchanged position
+        _, created = await self.match.talk_again(conn.user.id, conn.user.name, frame["contact_id"],
+                                                 later_s=LATER_DEFAULT_H * 3600, issued_at=conn.user.iat)
+        await self.conversations.open_created(created)
+
+    async def on_end_contact(self, conn: Conn, frame: dict[str, Any]) -> None:
+        await self.match.end_contact(conn.user.id, frame["contact_id"])
 
     async def on_accept(self, conn: Conn, frame: dict[str, Any]) -> None:
         _, created = await self.match.respond(conn.user.id, frame["offer_id"], accept=True)

@@ -29,6 +29,21 @@ exact tie on all three the scripts take either.
 requests within the survivor's reach (:func:`in_reach`: open, sharing a language and a diagnosis or
 side effect; lib.lua's request index), the oldest :data:`QUEUE_SCAN` are looked at, and the eligible
 ones are offered, one after the other while the survivor stays open to offers (:func:`after_offer`).
+Requests a patient addressed to one survivor (``talk_again``, :attr:`Request.target`) are offered to
+that survivor only, and come first when they free up.
+
+**Honest waits** (:func:`fitting_counts`, lib.lua ``fit_counts``): who fits a request now, split into
+survivors open to offers and survivors available but busy; matcher/estimate.py turns that and the
+measured rates into the ``queued`` estimate.  The property test checks these counts too, for every
+generated request left waiting.
+
+**Talk-later requests** (:class:`LaterRequest`; lib.lua ``later_pair_ok``, ``later_open``,
+``serve_later``): offered as cards, which hold no slot, to survivors open to offers after every live
+request they may be offered (:func:`later_eligible`); oldest first, at most :data:`LATER_CARDS` held
+at once (:func:`later_cards_for`); accepting one needs the survivor open to offers at that moment
+(:func:`may_accept_card`), so a card never books a survivor beyond ``max_chats``.
+tests/unit/test_later_rules.py checks these rules; the Lua is checked against them through the protocol
+(tests/integration/test_matching_later.py), not yet by the property test.
 """
 from __future__ import annotations
 
@@ -40,6 +55,7 @@ from core.errors import ErrorCode, ServiceError
 
 MAX_CODES = 12
 QUEUE_SCAN = 500          # a survivor who frees up looks at the oldest this many requests in reach
+LATER_CARDS = 10          # talk-later cards one survivor holds at most (lib.lua LATER_CARDS)
 DAY_S = 86400             # daily caps count conversations begun on one UTC day
 
 
@@ -129,6 +145,7 @@ class Request:
     suspended: bool = False                       # the patient, by a moderator (see suspended_at())
     offered: bool = False                         # an offer of this request is out, waiting for an answer
     away: bool = False                            # the patient lost every connection (inside the grace period)
+    target: str | None = None                     # talk_again: offered to this survivor only
 
 
 def day_of(now: float) -> int:
@@ -163,6 +180,8 @@ def request_open(req: Request) -> bool:
 def pair_allowed(req: Request, cand: Candidate) -> bool:
     """Whether these two may ever be matched, as far as this request knows."""
     sid = cand.id
+    if req.target is not None and sid != req.target:
+        return False
     return not (sid == req.patient_id or sid in req.blocked or sid in req.current_peers or sid in req.declined)
 
 
@@ -176,7 +195,11 @@ def profiles_fit(patient: Profile, survivor: Profile, *, same_diagnosis_only: bo
 
 
 def eligible(req: Request, cand: Candidate, *, now: float, daily_cap: int) -> bool:
-    """Whether this survivor may be offered to this patient right now."""
+    """Whether this survivor may be offered to this patient right now (a talk_again request: its survivor,
+    sharing a language, whatever the topics)."""
+    if req.target is not None:
+        return (survivor_open(cand, now=now, daily_cap=daily_cap) and request_open(req)
+                and pair_allowed(req, cand) and bool(req.profile.languages & cand.profile.languages))
     return (survivor_open(cand, now=now, daily_cap=daily_cap) and request_open(req) and pair_allowed(req, cand)
             and profiles_fit(req.profile, cand.profile, same_diagnosis_only=now < req.strict_until))
 
@@ -204,7 +227,7 @@ def in_reach(req: Request, cand: Candidate) -> bool:
     """Whether a survivor who frees up looks at this request at all: it is open, and shares a language
     and a diagnosis or side effect with them (lib.lua ``ready_for``, over the request index)."""
     p, s = req.profile, cand.profile
-    return request_open(req) and bool(p.languages & s.languages) and bool(
+    return req.target is None and request_open(req) and bool(p.languages & s.languages) and bool(
         p.diagnoses & s.diagnoses or p.side_effects & s.side_effects)
 
 
@@ -232,10 +255,87 @@ def offers_for(cand: Candidate, queue: Sequence[Request], *, now: float, daily_c
     offer end, cools down) is offered to, in order: the eligible ones among the first QUEUE_SCAN requests
     in reach (oldest first), while the survivor stays open to offers."""
     out: list[Request] = []
-    for req in [r for r in queue if in_reach(r, cand)][:QUEUE_SCAN]:
+    addressed = [r for r in queue if r.target == cand.id]
+    for req in addressed + [r for r in queue if in_reach(r, cand)][:QUEUE_SCAN]:
         if not survivor_open(cand, now=now, daily_cap=daily_cap):
             break
         if eligible(req, cand, now=now, daily_cap=daily_cap):
             out.append(req)
             cand = after_offer(cand, now=now)
     return out
+
+
+# ---------------------------------------------------------------- honest waits
+
+def fitting_counts(req: Request, candidates: Iterable[Candidate], *, now: float, daily_cap: int) -> tuple[int, int]:
+    """(open to offers now, available but busy): the survivors who fit the request as it stands.  Only
+    survivors who said available, are online and not suspended count; the pair must be allowed; a
+    talk_again request counts its survivor only."""
+    free = busy = 0
+    for cand in candidates:
+        if not (cand.available and cand.online and not cand.suspended) or not pair_allowed(req, cand):
+            continue
+        if req.target is None and not profiles_fit(req.profile, cand.profile,
+                                                   same_diagnosis_only=now < req.strict_until):
+            continue
+        if survivor_open(cand, now=now, daily_cap=daily_cap):
+            free += 1
+        else:
+            busy += 1
+    return free, busy
+
+
+# ---------------------------------------------------------------- talk-later requests
+
+@dataclass(frozen=True, slots=True)
+class LaterRequest:
+    """A patient's talk-later request at one instant (lives without a connection until it expires)."""
+
+    patient_id: str
+    profile: Profile
+    created: float
+    target: str | None = None                     # from talk_again: that survivor only
+    blocked: frozenset[str] = frozenset()
+    current_peers: frozenset[str] = frozenset()
+    declined: frozenset[str] = frozenset()        # survivors who declined a card of it
+    offered_to: frozenset[str] = frozenset()      # survivors holding a card of it now
+    suspended: bool = False
+    live_request: bool = False                    # the patient has a live talk-now request: that comes first
+
+
+def later_open(lr: LaterRequest) -> bool:
+    return not (lr.suspended or lr.live_request)
+
+
+def later_eligible(lr: LaterRequest, cand: Candidate, *, now: float, daily_cap: int) -> bool:
+    """Whether this survivor may be shown a card of this talk-later request now."""
+    sid = cand.id
+    if not (survivor_open(cand, now=now, daily_cap=daily_cap) and later_open(lr)):
+        return False
+    if sid == lr.patient_id or sid in lr.blocked or sid in lr.current_peers or sid in lr.declined:
+        return False
+    if sid in lr.offered_to:
+        return False
+    if lr.target is not None:
+        return sid == lr.target
+    p, s = lr.profile, cand.profile
+    return bool(p.languages & s.languages) and bool(p.diagnoses & s.diagnoses or p.side_effects & s.side_effects)
+
+
+def later_cards_for(cand: Candidate, requests: Iterable[LaterRequest], *, held: int, now: float,
+                    daily_cap: int) -> list[LaterRequest]:
+    """The talk-later requests a survivor with no live request left for them is shown, oldest first, while
+    they hold fewer than LATER_CARDS cards (``held``: cards they hold already)."""
+    out: list[LaterRequest] = []
+    for lr in sorted(requests, key=lambda r: r.created):
+        if held + len(out) >= LATER_CARDS:
+            break
+        if later_eligible(lr, cand, now=now, daily_cap=daily_cap):
+            out.append(lr)
+    return out
+
+
+def may_accept_card(cand: Candidate, lr: LaterRequest, *, now: float, daily_cap: int) -> bool:
+    """Accepting a card books a slot: the survivor must be open to offers at that moment (lib.lua refuses
+    ``capacity`` otherwise), and the request still open and allowed for them (else ``not_found``)."""
+    return later_eligible(replace(lr, offered_to=lr.offered_to - {cand.id}), cand, now=now, daily_cap=daily_cap)

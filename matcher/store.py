@@ -20,10 +20,12 @@ import orjson
 
 from core.keys import Keys
 from core.scripts import ScriptSet
+from matcher.estimate import public_queued
 from matcher.profile import Profile
 
 SCRIPTS = ("availability.lua", "request.lua", "cancel.lua", "respond.lua", "presence.lua",
-           "tick.lua", "end.lua", "suspend.lua", "forget.lua")
+           "tick.lua", "end.lua", "suspend.lua", "forget.lua", "widen.lua", "later.lua", "again.lua",
+           "contact.lua", "wait.lua")
 
 
 def _iat(issued_at: float | None) -> str:
@@ -53,6 +55,7 @@ class MatcherConfig:
     presence_ttl_s: float = 15.0
     ewma_default_s: float = 60.0
     rejoin_window_s: float = 5.0     # a talk-now this soon after a match joins it (request.lua)
+    free_half_life_s: float = 3600.0  # how fast the measured rate of survivors becoming free forgets
 
 
 class MatchStore:
@@ -65,6 +68,7 @@ class MatchStore:
             "offer_timeout_s": config.offer_timeout_s, "grace_s": config.grace_s,
             "cooldown_s": config.cooldown_s, "daily_cap": config.daily_cap,
             "ewma_default_s": config.ewma_default_s, "rejoin_window_s": config.rejoin_window_s,
+            "free_half_life_s": config.free_half_life_s,
         }).decode()
         self._channel_stem = keys.user_channel("")
 
@@ -101,6 +105,104 @@ class MatchStore:
 
     async def cancel(self, pid: str) -> tuple[dict[str, Any], list[Created]]:
         return await self._run("cancel", pid)
+
+    # ---- issue 14: widen, talk later, keep in touch, talk again --------------------------
+    async def widen(self, pid: str, profile: Profile, *,
+                    prefer_same_diagnosis_s: float = 0) -> tuple[dict[str, Any], list[Created]]:
+        """Change the waiting request's profile and hold, keeping its place (widen.lua); not_found without one."""
+        return await self._run("widen", pid, *self._lists(profile), prefer_same_diagnosis_s)
+
+    async def talk_later(self, pid: str, name: str, profile: Profile, *, within_s: float, note: str = "",
+                         issued_at: float | None = None) -> tuple[dict[str, Any], list[Created]]:
+        """Make (or replace) the patient's talk-later request (later.lua); returns request_id, expires_at."""
+        return await self._run("later", "create", pid, name, *self._lists(profile), note, within_s,
+                               _iat(issued_at), self.config.offers_per_patient_hour)
+
+    async def cancel_later(self, pid: str, request_id: str) -> tuple[dict[str, Any], list[Created]]:
+        return await self._run("later", "cancel", pid, request_id)
+
+    async def talk_again(self, pid: str, name: str, contact_id: str, *, later_s: float,
+                         issued_at: float | None = None) -> tuple[dict[str, Any], list[Created]]:
+        """That survivor only: a live addressed request, or a talk-later one when they are away (again.lua)."""
+        return await self._run("again", pid, name, contact_id, self.config.offers_per_patient_hour,
+                               _iat(issued_at), later_s)
+
+    async def keep_in_touch(self, uid: str, cid: str) -> tuple[dict[str, Any], list[Created]]:
+        return await self._run("contact", "keep", uid, cid)
+
+    async def end_contact(self, uid: str, contact_id: str) -> tuple[dict[str, Any], list[Created]]:
+        return await self._run("contact", "end", uid, contact_id)
+
+    async def wait_inputs(self, pids: list[str]) -> list[dict[str, Any] | None]:
+        """Each patient's ``queued`` frame as the scripts publish it, with its inputs (``fitting_available``,
+        ``wait``: busy survivors, measured rates; lib.lua ``queued_frame``), or None when not queued."""
+        if not pids:
+            return []
+        out, _ = await self._run("wait", orjson.dumps(pids).decode())
+        frames = out.get("frames") or []
+        if not isinstance(frames, list):
+            frames = []
+        frames += [""] * (len(pids) - len(frames))
+        return [orjson.loads(f) if f else None for f in frames]
+
+    async def queued_frames(self, pids: list[str]) -> list[dict[str, Any] | None]:
+        """Each patient's ``queued`` frame as clients get it (matcher.estimate), or None when not queued."""
+        return [public_queued(f) if f else None for f in await self.wait_inputs(pids)]
+
+    async def contacts(self, uid: str) -> list[dict[str, Any]]:
+        """A user's contacts for the welcome: contact_id, the peer's name and role, and whether the peer is
+        available now (a survivor: said available and connected; a patient: connected)."""
+        k = self.keys
+        kids = sorted(await self.redis.smembers(k.user_contacts(uid)))
+        if not kids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for kid in kids:
+                pipe.hgetall(k.contact(kid))
+            records = await pipe.execute()
+        out = []
+        for kid, ct in zip(kids, records, strict=True):
+            if not ct:
+                continue
+            peer_role = "survivor" if ct["patient"] == uid else "patient"
+            peer = ct[peer_role]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.scard(k.user_conns(peer))
+                pipe.hget(k.survivor(peer), "av")
+                conns, av = await pipe.execute()
+            available = conns > 0 and (peer_role == "patient" or av == "1")
+            out.append({"contact_id": kid, "peer": {"name": ct[f"{peer_role}_name"], "role": peer_role},
+                        "available": available})
+        return out
+
+    async def contact_between(self, pid: str, sid: str) -> bool:
+        """Whether a patient and a survivor keep a contact (for moderators watching their conversation)."""
+        for kid in await self.redis.smembers(self.keys.user_contacts(pid)):
+            if await self.redis.hget(self.keys.contact(kid), "survivor") == sid:
+                return True
+        return False
+
+    async def later_state(self, uid: str) -> dict[str, Any] | None:
+        """The patient's talk-later request for the welcome, or None."""
+        lr = await self.redis.hgetall(self.keys.later(uid))
+        if not lr:
+            return None
+        out: dict[str, Any] = {"request_id": lr["id"], "expires_at": float(lr["expires"]),
+                               "created": float(lr["created"]), "note": lr.get("note") or None,
+                               "profile": {"diagnoses": orjson.loads(lr["dx"]),
+                                           "side_effects": orjson.loads(lr["se"]),
+                                           "languages": orjson.loads(lr["lang"])}}
+        if lr.get("target"):
+            out["addressed"] = True
+        return out
+
+    async def take_later_expired(self, uid: str) -> str | None:
+        """The id of a talk-later request that expired while the patient was away (then forgotten)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(self.keys.later_expired, uid)
+            pipe.hdel(self.keys.later_expired, uid)
+            rid, _ = await pipe.execute()
+        return rid
 
     async def respond(self, sid: str, offer_id: str, accept: bool) -> tuple[dict[str, Any], list[Created]]:
         return await self._run("respond", sid, offer_id, "accept" if accept else "decline")
@@ -164,8 +266,7 @@ class MatchStore:
             pipe.hgetall(k.request(uid))
             pipe.zrank(k.queue, uid)
             pipe.hgetall(k.survivor(uid))
-            pipe.hget(k.stats, "wait_ewma")
-            convs, rq, rank, sv, ewma = await pipe.execute()
+            convs, rq, rank, sv = await pipe.execute()
         state: dict[str, Any] = {"conversations": []}
         if convs:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -180,12 +281,23 @@ class MatchStore:
                     "conversation_id": cid, "epoch": cv["epoch"],
                     "peer": {"name": cv[f"{peer_role}_name"], "role": peer_role},
                     "shared": orjson.loads(cv["shared"]), "created": float(cv["created"]),
+                    **({"talk_later": True} if cv.get("later") else {}),
                 })
         if rq:
-            est = float(ewma or self.config.ewma_default_s)
             position = rank + 1 if rank is not None else None
-            state["request"] = {"state": rq["state"], "position": position,
-                                "estimated_wait_s": round(est * position) if position else None}
+            state["request"] = {"state": rq["state"], "position": position, "estimated_wait_s": None,
+                                "fitting_available": 0}
+            queued = (await self.queued_frames([uid]))[0] if position else None
+            if queued:
+                state["request"].update({k: v for k, v in queued.items() if k != "type"})
+            if rq.get("target"):
+                state["request"]["addressed"] = True
+        later = await self.later_state(uid)
+        if later:
+            state["later"] = later
+        contacts = await self.contacts(uid)
+        if contacts or role != "moderator":
+            state["contacts"] = contacts
         if sv:
             state["availability"] = {
                 "available": sv.get("av") == "1", "max_chats": int(sv.get("max", 1)),
@@ -208,9 +320,6 @@ class MatchStore:
     async def queue_length(self) -> int:
         return await self.redis.zcard(self.keys.queue)
 
-    async def wait_estimate(self) -> float:
-        raw = await self.redis.hget(self.keys.stats, "wait_ewma")
-        return float(raw) if raw else self.config.ewma_default_s
 
     async def pending_offers(self, sid: str) -> list[dict[str, Any]]:
         """A survivor's offers still waiting for an answer, as ``offer`` frames (oldest id first)."""
@@ -223,6 +332,13 @@ class MatchStore:
                 out.append({"type": "offer", "offer_id": oid, "patient": {"name": of["pname"]},
                             "shared": orjson.loads(of["shared"]),
                             "expires_in_s": max(0, round(float(of["expires"]) - now))})
+        for oid in sorted(await self.redis.smembers(self.keys.survivor_later(sid))):
+            of = await self.redis.hgetall(self.keys.offer(oid))
+            lr = await self.redis.hgetall(self.keys.later(of["patient"])) if of else {}
+            if of and lr and lr.get("id") == of.get("later"):
+                out.append({"type": "later_offer", "offer_id": oid, "patient": {"name": of["pname"]},
+                            "shared": orjson.loads(of["shared"]), "note": lr.get("note") or None,
+                            "waiting_since": float(lr["created"])})
         return out
 
     async def user_conversations(self, uid: str) -> list[str]:

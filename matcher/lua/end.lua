@@ -15,6 +15,7 @@ local pid, sid = cv.patient, cv.survivor
 if block == '1' and role ~= 'moderator' then
   redis.call('SADD', KEY.blocks(pid), sid)
   redis.call('SADD', KEY.blocks(sid), pid)
+  end_contacts_between(pid, sid)                  -- a block ends a kept contact too
 end
 if cv.state == 'ended' then return result({ended = false, patient = pid, survivor = sid}) end
 redis.call('HSET', key, 'state', 'ended', 'ended_by', by, 'ended_role', role, 'ended_at', NOW)
@@ -32,5 +33,6 @@ if reason ~= '' then f.reason = reason end
 if block == '1' and role ~= 'moderator' then f.blocked = true end
 pub(pid, cjson.encode(f))
 pub(sid, cjson.encode(f))
+note_free(sid)
 serve_survivor(sid)
 return result({ended = true, patient = pid, survivor = sid})

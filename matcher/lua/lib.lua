@@ -8,7 +8,7 @@
 --   ARGV[2]  the user pub/sub channel stem, e.g. "at:u:"
 --   ARGV[3]  a fresh random id from the caller: new offer / conversation ids are derived from it
 --   ARGV[4]  config JSON: offer_timeout_s, grace_s, cooldown_s, daily_cap, ewma_default_s,
---            rejoin_window_s
+--            rejoin_window_s, free_half_life_s
 --   ARGV[5..] the script's own arguments (named in its header)
 -- Time is the server's (TIME), so gateways with skewed clocks agree.
 local CH = ARGV[2]
@@ -119,6 +119,61 @@ local function index_sets(sv, op)
   end
 end
 
+-- ---------------------------------------------------------------- availability index (honest waits)
+-- A survivor is in KEY.avail_dx / avail_se / avail_lang while available, online and not suspended,
+-- busy or not (sv.aix says so): queued frames count who fits a request now, free or in a conversation.
+local function avail_sets(sv, op)
+  for _, d in ipairs(cjson.decode(sv.dx or '[]')) do redis.call(op, KEY.avail_dx(d), sv.id) end
+  for _, e in ipairs(cjson.decode(sv.se or '[]')) do redis.call(op, KEY.avail_se(e), sv.id) end
+  for _, l in ipairs(cjson.decode(sv.lang or '[]')) do redis.call(op, KEY.avail_lang(l), sv.id) end
+end
+
+local function unavail(sv)
+  if sv.aix == '1' then
+    avail_sets(sv, 'SREM')
+    redis.call('HSET', KEY.survivor(sv.id), 'aix', '0')
+    sv.aix = '0'
+  end
+end
+
+local function sync_avail(sv)
+  local want = sv.av == '1' and online(sv.id) and not is_suspended(sv.id)
+  if want and sv.aix ~= '1' then
+    avail_sets(sv, 'SADD')
+    redis.call('HSET', KEY.survivor(sv.id), 'aix', '1')
+    sv.aix = '1'
+  elseif not want then
+    unavail(sv)
+  end
+end
+
+-- A survivor became free (switched available, came online available, or a conversation of theirs
+-- ended): one more event in the decayed count of each topic class and language of theirs
+-- (KEY.free_rates "dx=CODE|LANG" -> "count|at|since"; matcher/estimate.py reads it).
+local function note_free(sid)
+  local sv = hgetall(KEY.survivor(sid))
+  if not sv or sv.av ~= '1' or not online(sid) then return end
+  local half = tonumber(CFG.free_half_life_s or 3600)
+  local topics = {}
+  for _, d in ipairs(cjson.decode(sv.dx or '[]')) do topics[#topics + 1] = 'dx=' .. d end
+  for _, e in ipairs(cjson.decode(sv.se or '[]')) do topics[#topics + 1] = 'se=' .. e end
+  for _, t in ipairs(topics) do
+    for _, l in ipairs(cjson.decode(sv.lang or '[]')) do
+      local field = t .. '|' .. l
+      local count, since = 0, NOW
+      local raw = redis.call('HGET', KEY.free_rates, field)
+      if raw then
+        local c, at, s = string.match(raw, '^([^|]+)|([^|]+)|([^|]+)$')
+        if c then
+          count = tonumber(c) * 2 ^ (-(NOW - tonumber(at)) / half)
+          since = tonumber(s)
+        end
+      end
+      redis.call('HSET', KEY.free_rates, field, string.format('%.6f|%.6f|%.6f', count + 1, NOW, since))
+    end
+  end
+end
+
 -- conversations the survivor began today (the counter is for the day in sv.day; a new day starts at 0)
 local function today_count(sv)
   if sv.day == DAY then return tonumber(sv.today or '0') end
@@ -147,6 +202,7 @@ local function reindex(sid)
   local sv = hgetall(KEY.survivor(sid))
   if not sv then return nil end
   sv.id = sid
+  sync_avail(sv)
   local want = indexable(sv)
   if want and sv.idx ~= '1' then
     index_sets(sv, 'SADD')
@@ -306,6 +362,7 @@ end
 -- and away ones included: with 500 patients in the queue that walk cost 1.5 ms a call (bench/README.md).
 -- rq.rdy says whether the request is in the sets.
 local function set_ready(pid, rq, want)
+  if want and rq and rq.target and rq.target ~= '' then want = false end   -- talk_again: that survivor only
   if not rq or not rq.dx or (rq.rdy == '1') == want then return end
   local score = NOW
   if want then score = tonumber(redis.call('ZSCORE', KEY.queue, pid) or NOW) end
@@ -327,11 +384,12 @@ end
 
 -- The ready requests that share a diagnosis or side effect, and a language, with a survivor, oldest
 -- first (at most 500).  Built in a scratch key by ZUNIONSTORE / ZINTERSTORE, work done in C.
-local function ready_for(sv)
+-- (reach_of: the same over any such family of indexes, e.g. the talk-later one, WITHSCORES if asked)
+local function reach_of(sv, kdx, kse, klang, withscores)
   local topics, langs = {}, {}
-  for _, d in ipairs(cjson.decode(sv.dx or '[]')) do topics[#topics + 1] = KEY.ready_dx(d) end
-  for _, e in ipairs(cjson.decode(sv.se or '[]')) do topics[#topics + 1] = KEY.ready_se(e) end
-  for _, l in ipairs(cjson.decode(sv.lang or '[]')) do langs[#langs + 1] = KEY.ready_lang(l) end
+  for _, d in ipairs(cjson.decode(sv.dx or '[]')) do topics[#topics + 1] = kdx(d) end
+  for _, e in ipairs(cjson.decode(sv.se or '[]')) do topics[#topics + 1] = kse(e) end
+  for _, l in ipairs(cjson.decode(sv.lang or '[]')) do langs[#langs + 1] = klang(l) end
   if #topics == 0 or #langs == 0 then return {} end
   local tmp = KEY.scratch_ready
   -- MIN: a request in several sets keeps its enqueue time (SUM would push it back in line)
@@ -342,30 +400,110 @@ local function ready_for(sv)
   langs_args[#langs_args + 1] = 'AGGREGATE'; langs_args[#langs_args + 1] = 'MIN'
   redis.call('ZUNIONSTORE', unpack(langs_args))
   redis.call('ZINTERSTORE', tmp, 2, tmp, KEY.scratch, 'WEIGHTS', 1, 0)
-  local out = redis.call('ZRANGE', tmp, 0, 499)
+  local out
+  if withscores then out = redis.call('ZRANGE', tmp, 0, 499, 'WITHSCORES')
+  else out = redis.call('ZRANGE', tmp, 0, 499) end
   redis.call('UNLINK', tmp, KEY.scratch)
   return out
 end
 
--- ---------------------------------------------------------------- offers and matches
-local serve_survivor, try_match
-
-local function queued_frame(pid)
-  local rank = redis.call('ZRANK', KEY.queue, pid)
-  if not rank then return nil end
-  local ewma = tonumber(redis.call('HGET', KEY.stats, 'wait_ewma') or CFG.ewma_default_s)
-  return cjson.encode({type = 'queued', position = rank + 1,
-                       estimated_wait_s = math.floor(ewma * (rank + 1) + 0.5)})
+local function ready_for(sv)
+  return reach_of(sv, KEY.ready_dx, KEY.ready_se, KEY.ready_lang, false)
 end
 
-local function create_conversation(of, oid)
+-- ---------------------------------------------------------------- offers and matches
+local serve_survivor, try_match, drop_request
+
+-- Survivors who fit a waiting request as it stands: (available with a free slot now, available but
+-- busy: in a conversation, an offer out or cooling down).  Counted on the availability index; the
+-- patient, blocked, current and declined peers are left out.  matcher/estimate.py says what follows.
+local function fit_counts(pid, rq)
+  if rq.target and rq.target ~= '' then
+    local sv = hgetall(KEY.survivor(rq.target))
+    if not sv or sv.aix ~= '1' or rq.target == pid then return 0, 0 end
+    for _, key in ipairs({KEY.blocks(pid), KEY.peers(pid), KEY.request_declined(pid)}) do
+      if redis.call('SISMEMBER', key, rq.target) == 1 then return 0, 0 end
+    end
+    if sv.idx == '1' then return 1, 0 end
+    return 0, 1
+  end
+  local strict = tonumber(rq.strict or '0') > NOW
+  local topics, langs = {}, {}
+  for _, d in ipairs(cjson.decode(rq.dx)) do topics[#topics + 1] = KEY.avail_dx(d) end
+  if not strict then
+    for _, e in ipairs(cjson.decode(rq.se)) do topics[#topics + 1] = KEY.avail_se(e) end
+  end
+  for _, l in ipairs(cjson.decode(rq.lang)) do langs[#langs + 1] = KEY.avail_lang(l) end
+  if #topics == 0 or #langs == 0 then return 0, 0 end
+  local tmp = KEY.scratch_fit
+  redis.call('SUNIONSTORE', tmp, unpack(topics))
+  redis.call('SUNIONSTORE', KEY.scratch_langs, unpack(langs))
+  local total = redis.call('SINTERSTORE', tmp, tmp, KEY.scratch_langs)
+  local free = 0
+  if total > 0 then free = redis.call('ZINTERSTORE', KEY.scratch, 2, tmp, KEY.wait_index) end
+  local seen = {}
+  local function leave_out(sid)
+    if seen[sid] or redis.call('SISMEMBER', tmp, sid) == 0 then return end
+    seen[sid] = true
+    total = total - 1
+    if redis.call('ZSCORE', KEY.scratch, sid) then free = free - 1 end
+  end
+  leave_out(pid)
+  for _, key in ipairs({KEY.blocks(pid), KEY.peers(pid), KEY.request_declined(pid)}) do
+    for _, sid in ipairs(redis.call('SMEMBERS', key)) do leave_out(sid) end
+  end
+  redis.call('UNLINK', tmp, KEY.scratch_langs, KEY.scratch)
+  return free, total - free
+end
+
+-- the measured rates of survivors becoming free, for the request's topic classes and languages
+local function free_counts(rq)
+  local strict = tonumber(rq.strict or '0') > NOW
+  local topics, fields = {}, {}
+  for _, d in ipairs(cjson.decode(rq.dx)) do topics[#topics + 1] = 'dx=' .. d end
+  if not strict then
+    for _, e in ipairs(cjson.decode(rq.se)) do topics[#topics + 1] = 'se=' .. e end
+  end
+  for _, t in ipairs(topics) do
+    for _, l in ipairs(cjson.decode(rq.lang)) do fields[#fields + 1] = t .. '|' .. l end
+  end
+  local out = {}
+  if #fields == 0 then return out end
+  for _, v in ipairs(redis.call('HMGET', KEY.free_rates, unpack(fields))) do
+    if v then out[#out + 1] = v end
+  end
+  return out
+end
+
+-- The queued frame as published: the gateway's hub turns "wait" (the inputs) into estimated_wait_s
+-- and reason with matcher/estimate.py (pure, unit-tested) before a client sees it.  refresh: send it
+-- even when the position is unchanged (a join, a widen).
+local function queued_frame(pid, refresh)
+  local rank = redis.call('ZRANK', KEY.queue, pid)
+  if not rank then return nil end
+  local rq = hgetall(KEY.request(pid))
+  if not rq then return nil end
+  local free, busy = fit_counts(pid, rq)
+  local rates = free_counts(rq)
+  local wait = {busy = busy, now = NOW, half_life_s = tonumber(CFG.free_half_life_s or 3600), rates = '__RATES__'}
+  local f = cjson.encode({type = 'queued', position = rank + 1, fitting_available = free, wait = wait,
+                          refresh = refresh or nil})
+  return (string.gsub(f, '"__RATES__"', function() return jarr(rates) end))
+end
+
+local drop_later    -- defined with the talk-later requests below
+
+-- lr: the talk-later request the offer came from (nil for a talk-now offer)
+local function create_conversation(of, oid, lr)
   local pid, sid = of.patient, of.survivor
-  local rq = hgetall(KEY.request(pid)) or {}
+  local rq = lr or hgetall(KEY.request(pid)) or {}
   local sv = hgetall(KEY.survivor(sid))
   local cid = newid('c')
   local epoch = newid('e')
   redis.call('HSET', KEY.conversation(cid), 'patient', pid, 'survivor', sid, 'patient_name', of.pname,
-             'survivor_name', sv.name, 'shared', of.shared, 'created', NOW, 'epoch', epoch, 'state', 'open')
+             'survivor_name', sv.name, 'shared', of.shared, 'created', NOW, 'epoch', epoch, 'state', 'open',
+             'plang', rq.lang or '[]')
+  if lr then redis.call('HSET', KEY.conversation(cid), 'later', lr.id) end
   for _, uid in ipairs({pid, sid}) do
     redis.call('SADD', KEY.user_convs(uid), cid)
     redis.call('SADD', KEY.user_history(uid), cid)
@@ -387,11 +525,17 @@ local function create_conversation(of, oid)
   local ewma = tonumber(redis.call('HGET', KEY.stats, 'wait_ewma') or CFG.ewma_default_s)
   redis.call('HSET', KEY.stats, 'wait_ewma', 0.8 * ewma + 0.2 * wait)
   redis.call('HINCRBY', KEY.stats, 'matches', 1)
-  set_ready(pid, hgetall(KEY.request(pid)), false)
-  redis.call('DEL', KEY.request(pid), KEY.request_declined(pid))
-  redis.call('ZREM', KEY.queue, pid)
-  redis.call('ZREM', KEY.relax, pid)
-  redis.call('ZREM', KEY.away, pid)
+  if lr then
+    redis.call('HINCRBY', KEY.stats, 'later_matches', 1)
+    drop_later(pid)            -- its other offers are withdrawn; a live talk-now request stays
+  else
+    set_ready(pid, hgetall(KEY.request(pid)), false)
+    if rq.target and rq.target ~= '' then redis.call('ZREM', KEY.later_for(rq.target), pid) end
+    redis.call('DEL', KEY.request(pid), KEY.request_declined(pid))
+    redis.call('ZREM', KEY.queue, pid)
+    redis.call('ZREM', KEY.relax, pid)
+    redis.call('ZREM', KEY.away, pid)
+  end
   reindex(sid)
   pub(pid, frame({type = 'matched', conversation_id = cid, epoch = epoch,
                   peer = {name = sv.name, role = 'survivor'}}, of.shared))
@@ -471,8 +615,13 @@ local function release_offer(oid, outcome)
       redis.call('SADD', KEY.request_declined(pid), sid)
     end
     redis.call('HSET', KEY.request(pid), 'state', 'waiting', 'offer', '')
-    sync_ready(pid)
-    try_match(pid)
+    local target = redis.call('HGET', KEY.request(pid), 'target')
+    if target and target ~= '' and (outcome == 'declined' or outcome == 'timeout') then
+      drop_request(pid, 'declined')      -- talk_again asked for that survivor only
+    else
+      sync_ready(pid)
+      try_match(pid)
+    end
   end
   reindex(sid)
   serve_survivor(sid)
@@ -482,15 +631,35 @@ end
 try_match = function(pid)
   local rq = hgetall(KEY.request(pid))
   if not rq or rq.state ~= 'waiting' or tonumber(rq.away or '0') > 0 then return nil end
-  local sid = best_survivor(pid, rq)
+  local sid
+  if rq.target and rq.target ~= '' then      -- talk_again: that survivor or nobody
+    local sv = hgetall(KEY.survivor(rq.target))
+    if sv and sv.idx == '1' and pair_ok(pid, rq, rq.target) then sid = rq.target end
+  else
+    sid = best_survivor(pid, rq)
+  end
   if not sid then return nil end
   return make_offer(pid, rq, sid)
 end
 
 -- a survivor has a free slot: offer them to the oldest waiting patients they suit
+local serve_later     -- defined with the talk-later requests below
+
+-- a survivor has a free slot: live talk_again requests addressed to them first, then the oldest
+-- waiting patients they suit, then (still free) talk-later requests as cards
 serve_survivor = function(sid)
   local sv = reindex(sid)
   if not sv or sv.idx ~= '1' then return end
+  for _, pid in ipairs(redis.call('ZRANGE', KEY.later_for(sid), 0, 99)) do
+    local rq = hgetall(KEY.request(pid))
+    if rq and rq.target == sid and rq.state == 'waiting' and tonumber(rq.away or '0') == 0
+       and pair_ok(pid, rq, sid) then
+      make_offer(pid, rq, sid)
+      sv = hgetall(KEY.survivor(sid))
+      sv.id = sid
+      if sv.idx ~= '1' then return end
+    end
+  end
   for _, pid in ipairs(ready_for(sv)) do
     local rq = hgetall(KEY.request(pid))
     if rq and rq.state == 'waiting' and tonumber(rq.away or '0') == 0 and suits(pid, rq, sv) then
@@ -500,6 +669,155 @@ serve_survivor = function(sid)
       if sv.idx ~= '1' then return end
     end
   end
+  serve_later(sid, sv)
+end
+
+-- ---------------------------------------------------------------- talk-later requests
+-- KEY.later(pid): id, name, dx, se, lang, note, created, expires, target ('' or the survivor a
+-- talk_again addressed).  Untargeted ones are in KEY.later_dx / later_se / later_lang (by created),
+-- addressed ones in KEY.later_for(sid).  Offers of them ("cards") are KEY.offer records with a
+-- "later" field; they hold no slot (pend), have no deadline and stay until answered, withdrawn
+-- (the survivor went unavailable or offline) or taken by another survivor.
+local LATER_CARDS = 10       -- talk-later offers one survivor holds at most
+local LATER_FANOUT = 10      -- survivors a new talk-later request is offered to at once
+
+local function later_sets(pid, lr, add)
+  local score = tonumber(lr.created)
+  local function z(key)
+    if add then redis.call('ZADD', key, score, pid) else redis.call('ZREM', key, pid) end
+  end
+  if lr.target and lr.target ~= '' then z(KEY.later_for(lr.target)); return end
+  for _, d in ipairs(cjson.decode(lr.dx)) do z(KEY.later_dx(d)) end
+  for _, e in ipairs(cjson.decode(lr.se)) do z(KEY.later_se(e)) end
+  for _, l in ipairs(cjson.decode(lr.lang)) do z(KEY.later_lang(l)) end
+end
+
+-- whether survivor sv may be offered talk-later request lr (the survivor side is checked by the caller)
+local function later_pair_ok(pid, lr, sv)
+  local sid = sv.id
+  if sid == pid then return false end
+  local target = lr.target or ''
+  if target ~= '' and target ~= sid then return false end
+  if redis.call('SISMEMBER', KEY.blocks(pid), sid) == 1 then return false end
+  if redis.call('SISMEMBER', KEY.peers(pid), sid) == 1 then return false end
+  if redis.call('SISMEMBER', KEY.later_declined(pid), sid) == 1 then return false end
+  if target ~= '' then return true end
+  if #intersect(cjson.decode(lr.lang), cjson.decode(sv.lang or '[]')) == 0 then return false end
+  return #intersect(cjson.decode(lr.dx), cjson.decode(sv.dx or '[]')) > 0
+      or #intersect(cjson.decode(lr.se), cjson.decode(sv.se or '[]')) > 0
+end
+
+-- a patient's talk-later request, if it may be offered now (a live talk-now request comes first)
+local function later_open(pid)
+  local lr = hgetall(KEY.later(pid))
+  if not lr or redis.call('EXISTS', KEY.request(pid)) == 1 or is_suspended(pid) then return nil end
+  return lr
+end
+
+local function later_frame(oid, lr, shared)
+  return frame({type = 'later_offer', offer_id = oid, patient = {name = lr.name},
+                note = (lr.note ~= '' and lr.note) or cjson.null, waiting_since = tonumber(lr.created)}, shared)
+end
+
+local function offer_later_to(pid, lr, sv)
+  if redis.call('HEXISTS', KEY.later_offers(pid), sv.id) == 1 then return false end
+  if redis.call('SCARD', KEY.survivor_later(sv.id)) >= LATER_CARDS then return false end
+  if not later_pair_ok(pid, lr, sv) then return false end
+  local oid = newid('o')
+  local shared = shared_json(lr, sv)
+  redis.call('HSET', KEY.offer(oid), 'patient', pid, 'survivor', sv.id, 'pname', lr.name, 'shared', shared,
+             'later', lr.id)
+  redis.call('HSET', KEY.later_offers(pid), sv.id, oid)
+  redis.call('SADD', KEY.survivor_later(sv.id), oid)
+  redis.call('HINCRBY', KEY.stats, 'later_offers_made', 1)
+  pub(sv.id, later_frame(oid, lr, shared))
+  return true
+end
+
+-- remove a talk-later offer's bookkeeping; returns its record or nil
+local function take_later_offer(oid)
+  local of = hgetall(KEY.offer(oid))
+  if not of or not of.later then return nil end
+  redis.call('DEL', KEY.offer(oid))
+  redis.call('SREM', KEY.survivor_later(of.survivor), oid)
+  if redis.call('HGET', KEY.later_offers(of.patient), of.survivor) == oid then
+    redis.call('HDEL', KEY.later_offers(of.patient), of.survivor)
+  end
+  return of
+end
+
+local function withdraw_later_offer(oid)
+  local of = take_later_offer(oid)
+  if of then pub(of.survivor, cjson.encode({type = 'offer_withdrawn', offer_id = oid})) end
+end
+
+-- the survivor went unavailable, offline or out of matching: their cards go
+local function withdraw_survivor_later(sid)
+  for _, oid in ipairs(redis.call('SMEMBERS', KEY.survivor_later(sid))) do withdraw_later_offer(oid) end
+end
+
+-- a live talk-now request takes precedence: the patient's cards are withdrawn meanwhile
+local function hold_later(pid)
+  for _, oid in ipairs(redis.call('HVALS', KEY.later_offers(pid))) do withdraw_later_offer(oid) end
+end
+
+-- the talk-later request leaves (matched, cancelled, expired, replaced, erased); returns its record
+drop_later = function(pid)
+  local lr = hgetall(KEY.later(pid))
+  if not lr then return nil end
+  hold_later(pid)
+  later_sets(pid, lr, false)
+  redis.call('DEL', KEY.later(pid), KEY.later_offers(pid), KEY.later_declined(pid))
+  redis.call('ZREM', KEY.later_deadlines, pid)
+  return lr
+end
+
+-- offer a talk-later request to the survivors open to offers now (best ranked first, a few at once)
+local function spread_later(pid)
+  local lr = later_open(pid)
+  if not lr then return end
+  if lr.target and lr.target ~= '' then
+    local sv = hgetall(KEY.survivor(lr.target))
+    if sv and sv.idx == '1' then sv.id = lr.target; offer_later_to(pid, lr, sv) end
+    return
+  end
+  local keys, weights = {}, {}
+  for _, d in ipairs(cjson.decode(lr.dx)) do keys[#keys + 1] = KEY.rank_dx(d); weights[#weights + 1] = 1000 end
+  for _, e in ipairs(cjson.decode(lr.se)) do keys[#keys + 1] = KEY.rank_se(e); weights[#weights + 1] = 1 end
+  if #keys == 0 then return end
+  local args = {KEY.scratch, #keys}
+  for _, k in ipairs(keys) do args[#args + 1] = k end
+  args[#args + 1] = 'WEIGHTS'
+  for _, w in ipairs(weights) do args[#args + 1] = w end
+  redis.call('ZUNIONSTORE', unpack(args))
+  local cands = redis.call('ZREVRANGE', KEY.scratch, 0, 199)
+  redis.call('UNLINK', KEY.scratch)
+  local n = 0
+  for _, sid in ipairs(cands) do
+    if n >= LATER_FANOUT then return end
+    local sv = hgetall(KEY.survivor(sid))
+    if sv and sv.idx == '1' then
+      sv.id = sid
+      if offer_later_to(pid, lr, sv) then n = n + 1 end
+    end
+  end
+end
+
+-- a survivor open to offers, with no live request left for them: talk-later cards, addressed ones
+-- and those in reach together, oldest first
+serve_later = function(sid, sv)
+  if redis.call('SCARD', KEY.survivor_later(sid)) >= LATER_CARDS then return end
+  local cands = {}
+  local addressed = redis.call('ZRANGE', KEY.later_for(sid), 0, 99, 'WITHSCORES')
+  for i = 1, #addressed, 2 do cands[#cands + 1] = {addressed[i], tonumber(addressed[i + 1])} end
+  local near = reach_of(sv, KEY.later_dx, KEY.later_se, KEY.later_lang, true)
+  for i = 1, #near, 2 do cands[#cands + 1] = {near[i], tonumber(near[i + 1])} end
+  table.sort(cands, function(a, b) return a[2] < b[2] end)
+  for _, c in ipairs(cands) do
+    if redis.call('SCARD', KEY.survivor_later(sid)) >= LATER_CARDS then return end
+    local lr = later_open(c[1])
+    if lr then offer_later_to(c[1], lr, sv) end
+  end
 end
 
 -- withdraw every pending offer a survivor holds (left, suspended)
@@ -507,18 +825,21 @@ local function withdraw_offers(sid)
   for _, oid in ipairs(redis.call('SMEMBERS', KEY.survivor_offers(sid))) do
     release_offer(oid, 'withdrawn')
   end
+  withdraw_survivor_later(sid)
 end
 
-local function drop_request(pid, why)
+drop_request = function(pid, why)
   local rq = hgetall(KEY.request(pid))
   if not rq then return false end
   if rq.state == 'offered' and rq.offer ~= '' then release_offer(rq.offer, 'cancelled') end
+  if rq.target and rq.target ~= '' then redis.call('ZREM', KEY.later_for(rq.target), pid) end
   set_ready(pid, hgetall(KEY.request(pid)), false)
   redis.call('DEL', KEY.request(pid), KEY.request_declined(pid))
   redis.call('ZREM', KEY.queue, pid)
   redis.call('ZREM', KEY.relax, pid)
   redis.call('ZREM', KEY.away, pid)
   pub(pid, cjson.encode({type = 'cancelled', reason = why}))
+  if why ~= 'suspended' and why ~= 'erased' then spread_later(pid) end   -- its talk-later request, if any
   return true
 end
 
@@ -526,10 +847,35 @@ end
 -- their pending offers withdrawn
 local function leave_matching(uid, why)
   drop_request(uid, why)
+  drop_later(uid)
   if redis.call('EXISTS', KEY.survivor(uid)) == 1 then
     redis.call('HSET', KEY.survivor(uid), 'av', '0')
     reindex(uid)
     withdraw_offers(uid)
+  end
+end
+
+-- ---------------------------------------------------------------- contacts (keep in touch)
+-- KEY.contact(kid): patient, survivor, their names, shared topics, the patient's languages, created.
+-- Both users' KEY.user_contacts hold kid.  Ending one removes it for both; requests the patient
+-- addressed to that survivor (talk_again) go with it, silently.
+local function end_contact_rec(kid)
+  local ct = hgetall(KEY.contact(kid))
+  if not ct then return nil end
+  redis.call('DEL', KEY.contact(kid))
+  redis.call('SREM', KEY.user_contacts(ct.patient), kid)
+  redis.call('SREM', KEY.user_contacts(ct.survivor), kid)
+  local lr = hgetall(KEY.later(ct.patient))
+  if lr and lr.target == ct.survivor then drop_later(ct.patient) end
+  local rq = hgetall(KEY.request(ct.patient))
+  if rq and rq.target == ct.survivor then drop_request(ct.patient, 'contact_ended') end
+  return ct
+end
+
+local function end_contacts_between(a, b)
+  for _, kid in ipairs(redis.call('SMEMBERS', KEY.user_contacts(a))) do
+    local who = redis.call('HMGET', KEY.contact(kid), 'patient', 'survivor')
+    if who[1] == b or who[2] == b then end_contact_rec(kid) end
   end
 end
 

@@ -16,7 +16,10 @@ if op == 'connect' then
     sync_ready(uid)
     try_match(uid)
   end
-  if first and redis.call('EXISTS', KEY.survivor(uid)) == 1 then serve_survivor(uid) end
+  if first and redis.call('EXISTS', KEY.survivor(uid)) == 1 then
+    note_free(uid)                                  -- only counts when they are available
+    serve_survivor(uid)
+  end
 else
   redis.call('SREM', conns, conn)
   redis.call('ZREM', KEY.presence, uid .. '|' .. conn)

@@ -19,7 +19,7 @@ if erased_session(pid, ARGV[13]) then return refuse('forbidden', 'This account w
 if is_suspended(pid) then return refuse('suspended', 'Your account is suspended.') end
 local existing = hgetall(key)
 if existing then
-  local f = queued_frame(pid)
+  local f = queued_frame(pid, true)
   if f then pub(pid, f) end
   return result({state = existing.state, joined = true})
 end
@@ -48,6 +48,7 @@ redis.call('HSET', key, 'name', ARGV[6], 'dx', ARGV[7], 'se', ARGV[8], 'lang', A
 redis.call('ZADD', KEY.queue, NOW, pid)
 if strict_until > 0 then redis.call('ZADD', KEY.relax, strict_until, pid) end
 redis.call('HINCRBY', KEY.stats, 'requests', 1)
+hold_later(pid)          -- a live talk-now request takes precedence over the patient's talk-later one
 sync_ready(pid)
 try_match(pid)
 local after = hgetall(key)

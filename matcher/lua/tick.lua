@@ -5,7 +5,7 @@
 -- Expires offers (the next survivor gets the patient), drops requests whose owner stayed away past
 -- the grace period, expires connections whose gateway stopped refreshing them, widens same-diagnosis
 -- requests whose hold-out ended, and returns survivors whose cool-down ended (or whose daily cap
--- lifted at midnight) to the pool.
+-- lifted at midnight) to the pool, and expires talk-later requests (later_expired).
 -- Returns JSON {expired_offers, dropped, stale_conns, created?}.
 local batch = tonumber(ARGV[5])
 local expired = redis.call('ZRANGEBYSCORE', KEY.offer_deadlines, '-inf', NOW, 'LIMIT', 0, batch)
@@ -40,4 +40,14 @@ for _, sid in ipairs(redis.call('ZRANGEBYSCORE', KEY.cooldowns, '-inf', NOW, 'LI
   redis.call('ZREM', KEY.cooldowns, sid)
   serve_survivor(sid)
 end
-return result({expired_offers = #expired, dropped = #gone, stale_conns = #stale})
+local lapsed = redis.call('ZRANGEBYSCORE', KEY.later_deadlines, '-inf', NOW, 'LIMIT', 0, batch)
+for _, pid in ipairs(lapsed) do
+  local lr = drop_later(pid)
+  if lr then
+    pub(pid, cjson.encode({type = 'later_expired', request_id = lr.id}))
+    if not online(pid) then redis.call('HSET', KEY.later_expired, pid, lr.id) end   -- told in the next welcome
+  else
+    redis.call('ZREM', KEY.later_deadlines, pid)
+  end
+end
+return result({expired_offers = #expired, dropped = #gone, stale_conns = #stale, later_expired = #lapsed})

@@ -9,9 +9,11 @@ exist (availability, talk-now) and otherwise by writing what the scripts read un
 names, as the scripts themselves leave it (a live connection, counters and times on the survivor's
 record, block/peer/declined sets, the suspension hash).  Then the patient presses talk-now, and the
 survivor the scripts offered (or matched) must be the one matcher.profile.best_survivor picks, or
-both none.  A second property does the same for a survivor who frees up and the queue of waiting
-requests (matcher.profile.offers_for, lib.lua serve_survivor).  When they differ, the failure lists
-every survivor with the rules' verdict and rank key.
+both none; a request left waiting must count the same fitting survivors, open and busy, as
+matcher.profile.fitting_counts (what its ``queued`` frame reports).  A second property does the
+same for a survivor who frees up and the queue of waiting requests (matcher.profile.offers_for,
+lib.lua serve_survivor).  When they differ, the failure lists every survivor with the rules' verdict
+and rank key.
 
 One Redis database of its own, flushed between cases; Hypothesis derandomized, no example
 database, so the run is the same every time.
@@ -40,6 +42,7 @@ from matcher.profile import (
     conversations_today,
     day_of,
     eligible,
+    fitting_counts,
     offers_for,
     rank_key,
     suspended_at,
@@ -329,6 +332,15 @@ class Lab:
                      for c in pool]
             pytest.fail(f"the Lua offered {lua!r}, the rules pick {expected!r}\n{req}\ncap={case.cap}\n"
                         + "\n".join(lines))
+        if lua is None and not suspended:        # still waiting: who fits it now (honest waits, issue 14)
+            (raw,) = await store.wait_inputs([pid])
+            assert raw is not None
+            counted = (raw["fitting_available"], raw["wait"]["busy"])
+            rules = fitting_counts(req, pool, now=now, daily_cap=case.cap)
+            if counted != rules:
+                pytest.fail(f"the Lua counts (open, busy) {counted}, the rules {rules}\n{req}\ncap={case.cap}\n"
+                            + "\n".join(str(c) for c in pool))
+            tally.count("fitting counted")
         tally.cases += 1
         tally.picked += expected is not None
         tally.nobody += expected is None
@@ -446,7 +458,7 @@ def test_the_lua_offers_a_new_request_the_survivor_the_rules_pick(lab):
     assert tally.picked > PATIENT_CASES // 4 and tally.nobody > PATIENT_CASES // 10
     assert all(tally.kinds.get(kind, 0) >= 20 for kind in (
         "held", "3+ diagnoses", "crowd", "auto-accepted", "patient suspended",
-        "picked with a shared diagnosis", "picked on side effects alone")), tally.kinds
+        "picked with a shared diagnosis", "picked on side effects alone", "fitting counted")), tally.kinds
 
 
 def test_a_survivor_who_frees_up_is_offered_to_the_requests_the_rules_pick(lab):

@@ -302,8 +302,18 @@ async def test_erasing_a_connected_user_leaves_only_the_documented_traces(gatewa
     # and a waiting request: everyone who could take it is busy
     await patient.send({"type": "talk_now", "profile": PROFILE})
     await patient.expect("queued")
+    # issue 14: a contact kept with the patient they talked with as a survivor, a one-sided keep-in-touch
+    # request, and a talk-later request with a note naming them
+    for c in (as_survivor.patient, as_survivor.survivor):
+        await c.send({"type": "keep_in_touch", "conversation_id": as_survivor.cid})
+    kid = (await as_survivor.patient.expect("contact"))["contact_id"]
+    await patient.send({"type": "keep_in_touch", "conversation_id": cid2})
+    await patient.expect("keep_in_touch_sent", conversation_id=cid2)
+    await patient.send({"type": "talk_later", "profile": PROFILE, "note": "mornings suit Uma"})
+    await patient.expect("later")
     k = Keys(prefix)
-    for key in (k.peers(uid), k.user_history(uid), k.user_convs(uid), k.request(uid), k.survivor(uid)):
+    for key in (k.peers(uid), k.user_history(uid), k.user_convs(uid), k.request(uid), k.survivor(uid),
+                k.later(uid), k.user_contacts(uid), k.contact(kid), k.keep_in_touch(cid2)):
         assert await redis.exists(key), key
 
     await erase_via_cli(redis_server, prefix, uid)
@@ -349,8 +359,10 @@ async def test_erasing_a_connected_user_leaves_only_the_documented_traces(gatewa
         extra = sorted(await where_mentioned(redis, prefix, uid, cids) - KEPT)
         raise AssertionError(f"undocumented traces: {extra}") from None
     for key in (k.peers(uid), k.user_history(uid), k.user_convs(uid), k.request(uid), k.survivor(uid),
-                k.user_conns(uid), k.blocks(uid), k.survivor_offers(uid), k.request_declined(uid)):
+                k.user_conns(uid), k.blocks(uid), k.survivor_offers(uid), k.request_declined(uid),
+                k.later(uid), k.user_contacts(uid), k.contact(kid), k.survivor_later(uid)):
         assert not await redis.exists(key), key
+    assert await redis.smembers(k.user_contacts(as_survivor.patient_id)) == set()   # ended for the other side
     leftovers = await everything_under(redis, prefix)
     assert "words of the patient side" not in leftovers and "Uma" not in leftovers
 

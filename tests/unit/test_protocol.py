@@ -21,6 +21,8 @@ WHO_MAY_SEND = {
     "hello": {P, S, M}, "reauth": {P, S, M}, "ping": {P, S, M}, "history": {P, S, M},
     "availability": {S}, "accept": {S}, "decline": {S},
     "talk_now": {P}, "cancel": {P},
+    "widen": {P}, "talk_later": {P}, "cancel_later": {P}, "talk_again": {P},
+    "keep_in_touch": {P, S}, "end_contact": {P, S},
     "send": {P, S}, "typing": {P, S}, "end": {P, S}, "block": {P, S}, "feedback": {P, S}, "report": {P, S},
     "watch_flags": {M}, "watch": {M}, "unwatch": {M}, "notice": {M}, "moderator_end": {M}, "suspend": {M},
     "resolve": {M},
