@@ -155,10 +155,6 @@ class Keys:
         return f"{self.ctl}rx:lang:{code}"
 
     @property
-    def scratch_ready(self) -> str:               # scratch zset: requests sharing a topic with a survivor
-        return f"{self.ctl}tmp:ready"
-
-    @property
     def scratch(self) -> str:                     # a script's scratch zset, deleted before it returns
         return f"{self.ctl}tmp"
 

@@ -382,33 +382,66 @@ local function sync_ready(pid)
   if rq then set_ready(pid, rq, rq.state == 'waiting' and tonumber(rq.away or '0') == 0) end
 end
 
--- The ready requests that share a diagnosis or side effect, and a language, with a survivor, oldest
--- first (at most 500).  Built in a scratch key by ZUNIONSTORE / ZINTERSTORE, work done in C.
--- (reach_of: the same over any such family of indexes, e.g. the talk-later one, WITHSCORES if asked)
-local function reach_of(sv, kdx, kse, klang, withscores)
-  local topics, langs = {}, {}
-  for _, d in ipairs(cjson.decode(sv.dx or '[]')) do topics[#topics + 1] = kdx(d) end
-  for _, e in ipairs(cjson.decode(sv.se or '[]')) do topics[#topics + 1] = kse(e) end
+-- The requests of one family of indexes (kdx, kse, klang: the ready one, or the talk-later one) that
+-- share a diagnosis or side effect, and a language, with a survivor, oldest first (at most 500), as an
+-- iterator of (pid, enqueue time).  A lazy merge of the per-topic sets (each already in enqueue
+-- order) read 32 at a time, a language check (ZSCORE) for each: the work is the requests looked at,
+-- not the size of the sets, so a survivor who takes the first one pays for one.  Pages are read by
+-- score, after the last one seen, so requests leaving the sets meanwhile (offered) shift nothing.
+local function reach_iter(sv, kdx, kse, klang)
+  local langs, cursors = {}, {}
   for _, l in ipairs(cjson.decode(sv.lang or '[]')) do langs[#langs + 1] = klang(l) end
-  if #topics == 0 or #langs == 0 then return {} end
-  local tmp = KEY.scratch_ready
-  -- MIN: a request in several sets keeps its enqueue time (SUM would push it back in line)
-  local topics_args = {tmp, #topics, unpack(topics)}
-  topics_args[#topics_args + 1] = 'AGGREGATE'; topics_args[#topics_args + 1] = 'MIN'
-  redis.call('ZUNIONSTORE', unpack(topics_args))
-  local langs_args = {KEY.scratch, #langs, unpack(langs)}
-  langs_args[#langs_args + 1] = 'AGGREGATE'; langs_args[#langs_args + 1] = 'MIN'
-  redis.call('ZUNIONSTORE', unpack(langs_args))
-  redis.call('ZINTERSTORE', tmp, 2, tmp, KEY.scratch, 'WEIGHTS', 1, 0)
-  local out
-  if withscores then out = redis.call('ZRANGE', tmp, 0, 499, 'WITHSCORES')
-  else out = redis.call('ZRANGE', tmp, 0, 499) end
-  redis.call('UNLINK', tmp, KEY.scratch)
+  local function cursor(key) cursors[#cursors + 1] = {key = key, items = {}, pos = 1, after = '-inf'} end
+  for _, d in ipairs(cjson.decode(sv.dx or '[]')) do cursor(kdx(d)) end
+  for _, e in ipairs(cjson.decode(sv.se or '[]')) do cursor(kse(e)) end
+  local function head(c)
+    if c.pos > #c.items then
+      if c.after == nil then return nil end
+      local batch = redis.call('ZRANGEBYSCORE', c.key, c.after, '+inf', 'WITHSCORES', 'LIMIT', 0, 32)
+      c.items, c.pos = {}, 1
+      for j = 1, #batch, 2 do c.items[#c.items + 1] = {batch[j], tonumber(batch[j + 1])} end
+      if #c.items < 32 then c.after = nil else c.after = '(' .. batch[#batch] end
+      if #c.items == 0 then return nil end
+    end
+    return c.items[c.pos]
+  end
+  local seen, looked = {}, 0
+  return function()
+    while looked < 500 and #langs > 0 do
+      local best, from = nil, nil
+      for _, c in ipairs(cursors) do
+        local h = head(c)
+        if h and (not best or h[2] < best[2] or (h[2] == best[2] and h[1] < best[1])) then best, from = h, c end
+      end
+      if not best then return nil end
+      from.pos = from.pos + 1
+      local pid = best[1]
+      if not seen[pid] then
+        seen[pid] = true
+        for _, l in ipairs(langs) do
+          if redis.call('ZSCORE', l, pid) then
+            looked = looked + 1
+            return pid, best[2]
+          end
+        end
+      end
+    end
+    return nil
+  end
+end
+
+-- reach_iter's requests as a list (pid, score, pid, score, ... with ``withscores``)
+local function reach_of(sv, kdx, kse, klang, withscores)
+  local out = {}
+  for pid, score in reach_iter(sv, kdx, kse, klang) do
+    out[#out + 1] = pid
+    if withscores then out[#out + 1] = score end
+  end
   return out
 end
 
 local function ready_for(sv)
-  return reach_of(sv, KEY.ready_dx, KEY.ready_se, KEY.ready_lang, false)
+  return reach_iter(sv, KEY.ready_dx, KEY.ready_se, KEY.ready_lang)
 end
 
 -- ---------------------------------------------------------------- offers and matches
@@ -660,7 +693,7 @@ serve_survivor = function(sid)
       if sv.idx ~= '1' then return end
     end
   end
-  for _, pid in ipairs(ready_for(sv)) do
+  for pid in ready_for(sv) do
     local rq = hgetall(KEY.request(pid))
     if rq and rq.state == 'waiting' and tonumber(rq.away or '0') == 0 and suits(pid, rq, sv) then
       make_offer(pid, rq, sid)
