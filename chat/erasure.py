@@ -14,7 +14,8 @@ Order matters, so that a crash part-way can simply be retried (``aftertalk erase
    text and name (see ``chat/lua/erase.lua``; seqs and the peer's messages are kept) and marks the
    user erased in the conversation (append refuses them there from then on); flags quoting them
    lose the quote; the matcher's record of the conversation names them "Deleted user".
-4. Delete the user's control-plane data; the history set goes last (it is the work list).
+4. Delete the user's control-plane data; the history set goes last (it is the work list). Then the
+   shared limits kept under the user's own tag (send bucket, typing hints, connection leases).
 5. Ask Redis to rewrite its AOF, so the original XADDs leave the disk as well.
 
 What is removed: the user's profile and availability (``sv:``), their offers, request and its "not
@@ -71,8 +72,12 @@ async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str,
     if mark:
         await mark_erased(redis, keys, uid)
     erased = 0
+    # the shared limits (send bucket, typing hints, connection leases) live in the user's own slot
+    # ({u:ID}) and expire by themselves within seconds; they go at once all the same
+    own = [keys.send_bucket(uid), keys.user_leases(uid)]
     for raw in await redis.smembers(keys.user_history(uid)):
         cid = raw.decode() if isinstance(raw, bytes) else raw
+        own.append(keys.typing_hint(uid, cid))
         erased += await store.erase_sender(cid, uid)
         await forget_author(redis, keys, cid, uid)     # flag excerpts quote the user's words too
         await forget_name(redis, keys, cid, uid)       # the matcher's record names both participants
@@ -90,6 +95,7 @@ async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str,
             pipe.zrem(zset, uid)
         pipe.delete(keys.user_history(uid))
         await pipe.execute()
+    await redis.delete(*own)
     if compact_aof:
         await rewrite_aof(redis, wait_s=aof_wait_s)
     return erased

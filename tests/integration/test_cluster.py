@@ -61,7 +61,8 @@ def conversation_elsewhere(nodes: RedisClusterNodes, keys: Keys) -> str:
 # every Lua script of the code base, each run at least once by the tests below (libraries are included
 # by the scripts that use them)
 EXERCISED_SCRIPTS = {
-    "matcher": {"availability", "request", "cancel", "respond", "presence", "tick", "end", "suspend", "forget"},
+    "matcher": {"availability", "request", "cancel", "respond", "presence", "tick", "end", "suspend", "forget",
+                "widen", "later", "contact", "again", "wait"},
     "chat": {"open", "append", "append_rate", "end", "feedback", "erase", "flag_create", "flag_ack",
              "flag_resolve"},
     "gateway": {"lease"},
@@ -104,6 +105,22 @@ async def test_every_script_and_transaction_keeps_to_one_slot(cluster, prefix):
         await match.tick()
         state = await match.user_state("pt1", "patient")          # a cross-key pipeline on {ctl}
         assert [c["conversation_id"] for c in state["conversations"]] == [created[0].id]
+        # issue 14: the wait's inputs, widen, talk later, keep in touch, talk again, end a contact
+        await match.set_availability(first, "Sam", available=False, profile=profile, max_chats=1,
+                                     auto_accept=False)
+        await match.connected("pt3", "c5")
+        state, _ = await match.talk_now("pt3", "Pia", profile)        # one busy, one away: it waits
+        assert state["state"] == "waiting"
+        assert (await match.wait_inputs(["pt3"]))[0] is not None
+        await match.widen("pt3", profile)
+        await match.cancel("pt3")
+        later, _ = await match.talk_later("pt3", "Pia", profile, within_s=3600, note="evenings")
+        assert (await match.cancel_later("pt3", later["request_id"]))[0]["cancelled"] is True
+        assert "contact_id" not in (await match.keep_in_touch("pt1", created[0].id))[0]
+        contact = (await match.keep_in_touch(second, created[0].id))[0]["contact_id"]
+        again, _ = await match.talk_again("pt1", "Pat", contact, later_s=3600)
+        assert again["mode"] in ("live", "later", "joined")
+        assert (await match.end_contact(second, contact))[0]["ended"] is True
         await match.connected("pt2", "c4")
         await match.talk_now("pt2", "Paz", profile)
         await match.cancel("pt2")
