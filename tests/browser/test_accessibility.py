@@ -168,3 +168,58 @@ async def test_from_sign_in_to_a_sent_message_with_the_keyboard_alone(web, open_
     await expect(p.locator(".messages .text")).to_have_text(["Hello Pat, I'm here.", "Thank you for coming."])
     await expect(s.locator(".messages .text")).to_have_text(["Hello Pat, I'm here.", "Thank you for coming."])
     assert len(steps) > 10
+
+
+async def test_the_honest_wait_talk_later_and_contacts_pass_axe_right_to_left(web, open_page):
+    """Issue 14's screens in Arabic: the waiting screen when nobody fits (widen, talk later, crisis lines),
+    the patient's pending talk-later request, the survivor's talk-later card, and the contacts list.
+    (The same screens are audited in English as the browser tests of test_talk_later.py reach them.)"""
+    (g,) = web(1)
+    audit = Audit()
+    locale = "ar-EG"
+
+    async def finnish_only(page) -> None:
+        pick = page.locator("details.pick").nth(1)
+        if not await pick.evaluate("d => d.open"):
+            await pick.locator("summary").click()
+        for box in await pick.locator("input[type=checkbox]:checked").all():
+            await box.uncheck()
+        await pick.locator("input[value=fi]").check()
+
+    p = await open_page(g.url, "patient", locale=locale)
+    await sign_in_as(p, "patient", "Pat")
+    await choose_diagnosis(p)
+    await finnish_only(p)
+    await p.locator("button.talk-now").click()
+    await expect(p.locator(".wait-options")).to_be_visible()
+    await audit(p, "patient waiting, nobody fits")
+    await p.locator("form.later-form textarea").fill("المساء يناسبني")
+    await p.locator("form.later-form button[type=submit]").click()
+    await expect(p.locator("#later")).to_be_visible()
+    await audit(p, "patient talk-later request")
+
+    s = await open_page(g.url, "survivor", locale=locale)
+    await sign_in_as(s, "survivor", "Sam")
+    settings = s.locator("details.settings")
+    if not await settings.evaluate("d => d.open"):
+        await settings.locator("summary").click()
+    await choose_diagnosis(s)
+    await finnish_only(s)
+    await s.locator("#available").click()
+    card = s.locator("article.later-offer")
+    await expect(card).to_be_visible()
+    await audit(s, "survivor talk-later card")
+    await card.locator("button.primary").click()
+    await expect(s.locator(".chat form.composer")).to_be_visible()
+    await expect(p.locator(".chat form.composer")).to_be_visible()
+    await s.locator(".chat-actions .confirm button").first.click()
+    await s.locator(".chat-actions .confirm button.danger").click()
+    for page in (p, s):
+        await page.locator(".keep-in-touch button").click()
+    await expect(s.locator("#contacts li.contact")).to_have_count(1)
+    await audit(s, "survivor ended, keep in touch, contacts")
+    await p.locator(".ended-note form.feedback button[type=button]").click()
+    await expect(p.locator("#contacts li.contact")).to_have_count(1)
+    await audit(p, "patient contacts")
+    assert len(audit.screens) == 5
+    assert not audit.found, audit.report()

@@ -69,9 +69,12 @@ async def test_a_patient_whose_browser_prefers_spanish_sees_every_screen_in_span
     await screenshot(p, "patient-profile-es.png")
     # waiting
     await p.get_by_role("button", name="Hablar ahora").click()
-    await expect(p.get_by_role("heading", name="Buscando a alguien para ti…")).to_be_visible()
+    # nobody is online yet: the honest wait (issue 14), in Spanish, with what was asked for in words
+    await expect(p.get_by_role("heading", name="Ahora mismo no hay nadie libre que encaje")).to_be_visible()
     await expect(p.locator("#queue-position")).to_have_text("Eres la siguiente persona en la fila.")
-    await expect(p.locator("#queue-wait")).to_have_text(re.compile(r"^Espera estimada: "))
+    await expect(p.locator("#queue-wait")).to_have_text(re.compile(
+        r"^Ahora mismo no hay nadie libre que comparta Cáncer de mama o Cansancio y hable Español"))
+    await expect(p.get_by_role("heading", name="Si no puedes esperar")).to_be_visible()
     # the chat
     sam = await survivor_client(g)
     await accept_offer(sam)

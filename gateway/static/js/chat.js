@@ -4,6 +4,7 @@
 // replay, history page, or the ack of our own send), and always in seq order.  Our own messages appear
 // at once, keyed by client_id, and take their seq when the ack or the echo arrives.
 
+import { keepInTouch } from "./contacts.js";
 import { clock, t, tx } from "./i18n.js";
 import { announce, confirmButton, fill, h, isolate, nextId } from "./ui.js";
 
@@ -310,6 +311,10 @@ export class ChatView {
     const hadFocus = this.root.contains(document.activeElement);
     fill(this.endedNote, said);
     this.endedNote.hidden = false;
+    const peer = this.conv.peer || {};
+    if (!this.readonly && (peer.role === "patient" || peer.role === "survivor") && !frame.blocked && frame.by !== "moderator") {
+      this.endedNote.append(keepInTouch(this.conn, this.cid, this.peerLabel(), this.unsubscribe));
+    }
     if (!this.readonly) this.endedNote.append(this.feedbackForm());
     announce(said.textContent);
     if (hadFocus) said.focus();         // the composer that had the focus is gone: keep it in the chat
@@ -353,10 +358,11 @@ export class ChatView {
 
 /** A person's conversations: tabs when there is more than one, a single panel otherwise. */
 export class ChatDeck {
-  constructor(conn, { label, onChange } = {}) {
+  constructor(conn, { label, onChange, onOpenedAway } = {}) {
     this.conn = conn;
     this.label = label;
     this.onChange = onChange;
+    this.onOpenedAway = onOpenedAway;
     this.views = new Map();        // conversation_id -> {view, tab}
     this.selected = null;
     this.me = null;
@@ -381,17 +387,24 @@ export class ChatDeck {
     this.me = frame.user;
     this.limits = frame.limits || {};
     const live = new Set();
+    const opened = [];
     for (const conv of frame.conversations || []) {
       live.add(conv.conversation_id);
-      if (!this.views.has(conv.conversation_id)) this.add(conv, { history: true });
+      if (this.views.has(conv.conversation_id)) continue;
+      if (conv.talk_later) opened.push(conv);       // opened from a talk-later request, maybe while we were away
+      else this.add(conv, { history: true });
     }
+    // a chat that opened while this person was away goes first, and is the one shown
+    opened.sort((a, b) => (a.created || 0) - (b.created || 0));
+    for (const conv of opened) this.add(conv, { history: true, first: true });
+    if (opened.length) this.onOpenedAway?.(opened);
     // a conversation that ended while we were away: its "ended" frame was never delivered to us
     for (const [cid, { view }] of this.views) {
       if (!live.has(cid) && !view.ended) view.end({ conversation_id: cid });
     }
   }
 
-  add(conv, { history, focus = false }) {
+  add(conv, { history, focus = false, first = false }) {
     const cid = conv.conversation_id;
     if (this.views.has(cid) || !this.me) return;
     const view = new ChatView(this.conn, conv, this.me, {
@@ -406,10 +419,16 @@ export class ChatDeck {
     view.root.setAttribute("aria-labelledby", tab.id);
     view.root.hidden = true;
     tab.addEventListener("click", () => this.select(cid));
-    this.tabs.append(tab);
-    this.panels.append(view.root);
-    this.views.set(cid, { view, tab });
-    if (!this.selected || focus) this.select(cid);
+    if (first) {
+      this.tabs.prepend(tab);
+      this.panels.prepend(view.root);
+      this.views = new Map([[cid, { view, tab }], ...this.views]);
+    } else {
+      this.tabs.append(tab);
+      this.panels.append(view.root);
+      this.views.set(cid, { view, tab });
+    }
+    if (!this.selected || focus || first) this.select(cid);
     if (focus) announce(t("chat.connected", { name: conv.peer?.name || t("chat.peer") }));
     this.changed();
     if (focus) view.input?.focus();

@@ -109,6 +109,16 @@ export function list(items) {
   return new Intl.ListFormat(locale, { style: "short", type: "unit" }).format(items);
 }
 
+/** A list "a, b or c" in the locale's way. */
+export function listOr(items) {
+  return new Intl.ListFormat(locale, { style: "long", type: "disjunction" }).format(items);
+}
+
+/** "within 24 hours", as a unit: "24 hours" in the locale's words. */
+export function hours(n) {
+  return unit(n, "hour", "long");
+}
+
 export function clock(ts) {
   return new Date(ts).toLocaleTimeString(locale, { hour: "2-digit", minute: "2-digit" });
 }

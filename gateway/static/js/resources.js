@@ -7,7 +7,7 @@
 import { t } from "./i18n.js";
 import { announce, fill, h, safeUrl } from "./ui.js";
 
-function lineItem(line) {
+export function lineItem(line) {
   const parts = [h("strong", { text: line.name || t("crisis.line") })];
   if (line.phone) {
     const dial = String(line.phone).replace(/[^0-9+]/g, "");

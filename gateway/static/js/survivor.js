@@ -4,9 +4,10 @@
 // what was clicked: if the server switches a volunteer off after missed offers, the switch says so.
 
 import { ChatDeck } from "./chat.js";
+import { contactsPanel } from "./contacts.js";
 import { profileFields, saveProfile, savedProfile } from "./profile.js";
 import { resourcesPanel } from "./resources.js";
-import { list, secondsLeft, t, tx } from "./i18n.js";
+import { clock, dateTime, list, secondsLeft, t, tx } from "./i18n.js";
 import { announce, fill, h, isolate } from "./ui.js";
 
 const OFFER_GONE = () => ({
@@ -92,6 +93,73 @@ class OfferCard {
   }
 }
 
+/**
+ * A talk-later request shown as a card beside live offers: no countdown (it stays until answered, until
+ * this survivor goes unavailable or someone else takes it), the patient's note (their own words: text
+ * only, direction isolated), and how long they have been waiting.
+ */
+class LaterCard {
+  constructor(conn, offer, label, onGone) {
+    this.conn = conn;
+    this.offer = offer;
+    this.onGone = onGone;
+    this.goneOnce = false;
+    const topics = sharedTopics(offer.shared, label);
+    const name = offer.patient?.name || t("offer.someone");
+    const since = offer.waiting_since ? offer.waiting_since * 1000 : null;
+    this.accept = h("button", { type: "button", class: "primary", text: t("offer.accept"), on: { click: () => this.answer("accept") } });
+    this.decline = h("button", { type: "button", class: "secondary", text: t("offer.decline"), on: { click: () => this.answer("decline") } });
+    this.status = h("p", { class: "hint", role: "status", tabIndex: -1 });
+    this.node = h("article", { class: "card offer later-offer", "data-offer": offer.offer_id, "aria-labelledby": `${offer.offer_id}-t` },
+      h("h3", { id: `${offer.offer_id}-t` }, tx("later_offer.title", { name: isolate(name) })),
+      h("p", {}, tx("shared.you_share", { topics: h("strong", { text: topics.join(" · ") || t("shared.experience") }) })),
+      offer.note ? h("div", { class: "later-note" }, h("p", { class: "hint" }, tx("later_offer.note", { name: isolate(name) })),
+        h("blockquote", { dir: "auto", text: offer.note })) : null,
+      since ? h("p", { class: "hint" }, tx("later_offer.since", {
+        time: h("time", { dateTime: new Date(since).toISOString(),
+          text: Date.now() - since < 12 * 3600 * 1000 ? clock(since) : dateTime(since) }) })) : null,
+      h("p", { class: "hint" }, tx("later_offer.sees", { name: isolate(name) })),
+      h("div", { class: "row" }, this.accept, this.decline),
+      this.status);
+  }
+
+  answer(kind) {
+    if (!this.conn.send({ type: kind, offer_id: this.offer.offer_id })) {
+      this.status.textContent = t("common.offline");
+      return;
+    }
+    const hadFocus = this.node.contains(document.activeElement);
+    this.accept.disabled = this.decline.disabled = true;
+    this.status.textContent = kind === "accept" ? t("offer.connecting") : t("offer.declining");
+    this.answered = kind;
+    if (hadFocus) this.status.focus();
+    this.onAnswered?.();
+    // a declined card gets no frame back: it is simply not shown to this survivor again
+    if (kind === "decline") setTimeout(() => this.gone(t("later_offer.declined")), 300);
+  }
+
+  /** Accepting was refused for lack of a free slot: the card stays, and can be answered again later. */
+  refused(message) {
+    this.answered = null;
+    this.accept.disabled = this.decline.disabled = false;
+    this.status.textContent = message;
+  }
+
+  gone(text) {
+    if (this.goneOnce) return;
+    this.goneOnce = true;
+    fill(this.node, h("p", { class: "hint", text }));
+    this.node.classList.add("gone");
+    setTimeout(() => this.node.remove(), 6000);
+    this.onGone(this);
+  }
+
+  destroy() {
+    this.node.remove();
+    this.onGone(this);
+  }
+}
+
 function availabilityText(state) {
   if (state.reason === "missed_offers") return t("avail.missed");
   if (!state.available) return t("avail.off");
@@ -150,7 +218,15 @@ export function survivorPage(root, conn, { vocabulary, label, alerts }) {
 
   // ---- offers ----
   const offerList = h("div", { class: "offers", role: "region", "aria-live": "polite", "aria-label": t("offer.list") });
+  function addLater(frame) {
+    if (offers.has(frame.offer_id)) return;
+    const card = new LaterCard(conn, frame, label, (c) => { offers.delete(c.offer.offer_id); });
+    offers.set(frame.offer_id, card);
+    offerList.append(card.node);
+    announce(t("later_offer.announce", { name: frame.patient?.name || t("offer.someone") }));
+  }
   function addOffer(frame) {
+    if (frame.type === "later_offer") { addLater(frame); return; }
     if (offers.has(frame.offer_id)) return;
     const card = new OfferCard(conn, frame, label, (c) => { offers.delete(c.offer.offer_id); alerts.clear(`offer-${c.offer.offer_id}`); });
     card.onAnswered = () => alerts.clear(`offer-${frame.offer_id}`);
@@ -169,11 +245,15 @@ export function survivorPage(root, conn, { vocabulary, label, alerts }) {
     const active = document.activeElement;
     if (!active || active === document.body || active.id === "main" || panel.contains(active)) card.accept.focus({ preventScroll: true });
   }
-  const offerGone = (f) => offers.get(f.offer_id)?.gone(OFFER_GONE()[f.type]);
+  const offerGone = (f) => {
+    const card = offers.get(f.offer_id);
+    card?.gone(card instanceof LaterCard ? t("later_offer.gone") : OFFER_GONE()[f.type]);
+  };
 
   // ---- chats ----
   const deck = new ChatDeck(conn, { label });
-  fill(root, resources.node, offerList, deck.root, panel);
+  const contacts = contactsPanel(conn, { role: "survivor" });
+  fill(root, resources.node, offerList, deck.root, panel, contacts.node);
 
   conn.on("welcome", (f) => {
     if (f.availability) {
@@ -190,6 +270,7 @@ export function survivorPage(root, conn, { vocabulary, label, alerts }) {
   });
   conn.on("availability", showState);
   conn.on("offer", addOffer);
+  conn.on("later_offer", addLater);
   conn.on("offer_expired", offerGone);
   conn.on("offer_withdrawn", offerGone);
   conn.on("declined", offerGone);
@@ -198,6 +279,9 @@ export function survivorPage(root, conn, { vocabulary, label, alerts }) {
   });
   conn.on("error", (f) => {
     if (f.ref === "availability") { toggle.removeAttribute("aria-busy"); formError.textContent = f.message; settings.open = true; }
+    if (f.ref === "accept" && f.code === "capacity") {
+      for (const card of offers.values()) if (card.answered === "accept" && card.refused) card.refused(f.message || t("later_offer.capacity"));
+    }
     if ((f.ref === "accept" || f.ref === "decline") && f.code === "not_found") {
       for (const card of [...offers.values()]) if (card.answered) card.gone(t("offer.gone.closed"));
     }
