@@ -92,7 +92,16 @@ class Safety:
         }
 
     def routes(self) -> list[Route]:
-        return [Route("/api/audit", self.audit_route, methods=["GET"])]
+        return [Route("/api/audit", self.audit_route, methods=["GET"]),
+                Route("/api/crisis-lines", self.crisis_lines_route, methods=["GET"])]
+
+    async def crisis_lines_route(self, request: Request) -> Response:
+        """``GET /api/crisis-lines?locale=es-MX``: the lines a ``resources`` frame would carry for that
+        locale, for a page that must show them before anything was flagged (the waiting screen when
+        nobody fits).  Public, like the page itself: the lines are no secret, and someone who cannot
+        wait may not be signed in."""
+        frame = resources_frame("", self.crisis_lines, request.query_params.get("locale"))
+        return JSONResponse({k: frame[k] for k in ("lines", "locale", "message") if k in frame})
 
     # ---- screening backlog ------------------------------------------------------------
     def start(self) -> None:

@@ -284,6 +284,17 @@ async def test_configured_origins_are_allowed(gateways):
 
 # ---------------------------------------------------------------- HTTP
 
+async def test_crisis_lines_for_a_page_that_must_show_them_before_any_flag(gw):
+    """The waiting screen when nobody fits shows the lines before anything was flagged: the same lines
+    a resources frame would carry for that locale (here the shipped default, in the page's language)."""
+    async with httpx.AsyncClient(base_url=gw.url) as http:
+        spanish = (await http.get("/api/crisis-lines", params={"locale": "es-MX"})).json()
+        english = (await http.get("/api/crisis-lines")).json()
+    assert spanish["locale"] == "es" and [line["name"] for line in spanish["lines"]] == ["Servicios de emergencia"]
+    assert english["locale"] == "en" and [line["name"] for line in english["lines"]] == ["Emergency services"]
+    assert spanish["message"] != english["message"]
+
+
 async def test_health_ready_and_vocabulary(gw):
     async with httpx.AsyncClient(base_url=gw.url) as http:
         health = await http.get("/healthz")
