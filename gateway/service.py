@@ -33,7 +33,7 @@ from gateway.hub import Hub
 from gateway.limits import TokenBucket, retry_after_s
 from gateway.quotas import TypingHints
 from gateway.settings import Settings
-from matcher.profile import parse_profile
+from matcher.profile import Profile, parse_profile
 from matcher.store import MatchStore
 from matcher.vocabulary import Vocabulary
 
@@ -287,13 +287,18 @@ class Service:
                                      "profile": profile.as_json(), "active": state["active"],
                                      "pending": state["pending"]})
 
-    async def on_talk_now(self, conn: Conn, frame: dict[str, Any]) -> None:
+    def _request_profile(self, frame: dict[str, Any]) -> tuple[Profile, float]:
+        """A talk-now or widen frame's profile and its hold (``prefer_same_diagnosis_s``), checked."""
         profile = parse_profile(frame["profile"], self.vocabulary)
         hold = frame.get("prefer_same_diagnosis_s") or 0
         if not 0 <= hold <= 3600:
             raise ServiceError(ErrorCode.BAD_FRAME, "'prefer_same_diagnosis_s' must be 0 to 3600.")
         if hold and not profile.diagnoses:
             raise ServiceError(ErrorCode.INVALID_PROFILE, "Holding out for a same-diagnosis peer needs a diagnosis.")
+        return profile, hold
+
+    async def on_talk_now(self, conn: Conn, frame: dict[str, Any]) -> None:
+        profile, hold = self._request_profile(frame)
         conn.position = None     # so the hub forwards the reply even when joining at an unchanged position
         _, created = await self.match.talk_now(conn.user.id, conn.user.name, profile,
                                                prefer_same_diagnosis_s=hold,
@@ -307,12 +312,7 @@ class Service:
     # ---- issue 14 -----------------------------------------------------------------------
     async def on_widen(self, conn: Conn, frame: dict[str, Any]) -> None:
         """Change the waiting request's profile and hold in place: same position, a new ``queued``."""
-        profile = parse_profile(frame["profile"], self.vocabulary)
-        hold = frame.get("prefer_same_diagnosis_s") or 0
-        if not 0 <= hold <= 3600:
-            raise ServiceError(ErrorCode.BAD_FRAME, "'prefer_same_diagnosis_s' must be 0 to 3600.")
-        if hold and not profile.diagnoses:
-            raise ServiceError(ErrorCode.INVALID_PROFILE, "Holding out for a same-diagnosis peer needs a diagnosis.")
+        profile, hold = self._request_profile(frame)
         _, created = await self.match.widen(conn.user.id, profile, prefer_same_diagnosis_s=hold)
         await self.conversations.open_created(created)
 
