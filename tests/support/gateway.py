@@ -66,7 +66,11 @@ class GatewayProcess(ChildProcess):
         env = {**os.environ, "AFTERTALK_SECRET": SECRET, "AFTERTALK_KEY_PREFIX": self.prefix,
                "AFTERTALK_LOG_LEVEL": "warning",
                # the model's workers are started by the screening tests themselves (test_screening_live)
-               "AFTERTALK_SCREENING_WORKERS": "0", **self.env}
+               "AFTERTALK_SCREENING_WORKERS": "0",
+               # stop() is SIGTERM: a test's clients are often not reading any more when it runs, and the
+               # drain would wait its whole time for them to answer the close (test_rolling_restart sets
+               # its own)
+               "AFTERTALK_DRAIN_S": "1", **self.env}
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (the child writes it until stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--redis-url", self.redis_url],
@@ -178,6 +182,9 @@ class GatewayLauncher:
         return procs
 
     def stop_all(self) -> None:
+        for p in self.started:              # all at once: each drains for up to AFTERTALK_DRAIN_S
+            if p.proc and p.proc.poll() is None:
+                p.proc.terminate()
         for p in self.started:
             p.stop()
 
