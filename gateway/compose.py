@@ -29,6 +29,7 @@ from core.redis_client import make_redis
 from gateway.conversations import Conversations
 from gateway.dispatch import Dispatcher
 from gateway.hub import Hub
+from gateway.later import Later
 from gateway.quotas import ConnectionLeases, TypingHints
 from gateway.safety import Safety
 from gateway.service import Service
@@ -103,6 +104,8 @@ def build(settings: Settings) -> Gateway:
                       retention=Retention(redis, keys, retention_s=settings.retention_days * 86400),
                       safety=safety, typing_hints=TypingHints(redis, keys, interval_s=settings.typing_interval_s))
     leases = ConnectionLeases(redis, keys, ttl_s=settings.presence_ttl_s, owner=service.gateway_id)
-    dispatcher = Dispatcher(service.handlers(), safety.handlers())
+    later = Later(settings, match=match, conversations=conversations, moderator=moderator,
+                  vocabulary=service.vocabulary)
+    dispatcher = Dispatcher(service.handlers(), safety.handlers(), later.handlers())
     return Gateway(settings=settings, redis=redis, redis_bytes=redis_bytes, keys=keys, match=match, chat=chat,
                    hub=hub, safety=safety, service=service, dispatcher=dispatcher, leases=leases)

@@ -39,9 +39,16 @@ from matcher.vocabulary import Vocabulary
 
 log = logging.getLogger("aftertalk.service")
 
-LATER_NOTE_CHARS = 280      # a talk-later request's note, shown to survivors
-LATER_DEFAULT_H = 24        # a talk-later request's life unless within_h says otherwise (and talk_again's)
-LATER_NOTE_REFUSED = frozenset({"crisis", "abuse"})   # moderation categories a note may not carry
+
+def request_profile(frame: dict[str, Any], vocabulary: Vocabulary) -> tuple[Profile, float]:
+    """A talk-now or widen frame's profile and its hold (``prefer_same_diagnosis_s``), checked."""
+    profile = parse_profile(frame["profile"], vocabulary)
+    hold = frame.get("prefer_same_diagnosis_s") or 0
+    if not 0 <= hold <= 3600:
+        raise ServiceError(ErrorCode.BAD_FRAME, "'prefer_same_diagnosis_s' must be 0 to 3600.")
+    if hold and not profile.diagnoses:
+        raise ServiceError(ErrorCode.INVALID_PROFILE, "Holding out for a same-diagnosis peer needs a diagnosis.")
+    return profile, hold
 
 
 class SafetyHooks(Protocol):
@@ -82,10 +89,6 @@ class Service:
             "send": self.on_send, "history": self.on_history, "typing": self.on_typing,
             "end": self.on_end, "block": self.on_block, "feedback": self.on_feedback,
             "reauth": self.on_reauth,
-            # issue 14: honest waits, wider matches, talk-later requests, the same survivor again
-            "widen": self.on_widen, "talk_later": self.on_talk_later, "cancel_later": self.on_cancel_later,
-            "keep_in_touch": self.on_keep_in_touch, "talk_again": self.on_talk_again,
-            "end_contact": self.on_end_contact,
         }
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -287,18 +290,8 @@ class Service:
                                      "profile": profile.as_json(), "active": state["active"],
                                      "pending": state["pending"]})
 
-    def _request_profile(self, frame: dict[str, Any]) -> tuple[Profile, float]:
-        """A talk-now or widen frame's profile and its hold (``prefer_same_diagnosis_s``), checked."""
-        profile = parse_profile(frame["profile"], self.vocabulary)
-        hold = frame.get("prefer_same_diagnosis_s") or 0
-        if not 0 <= hold <= 3600:
-            raise ServiceError(ErrorCode.BAD_FRAME, "'prefer_same_diagnosis_s' must be 0 to 3600.")
-        if hold and not profile.diagnoses:
-            raise ServiceError(ErrorCode.INVALID_PROFILE, "Holding out for a same-diagnosis peer needs a diagnosis.")
-        return profile, hold
-
     async def on_talk_now(self, conn: Conn, frame: dict[str, Any]) -> None:
-        profile, hold = self._request_profile(frame)
+        profile, hold = request_profile(frame, self.vocabulary)
         conn.position = None     # so the hub forwards the reply even when joining at an unchanged position
         _, created = await self.match.talk_now(conn.user.id, conn.user.name, profile,
                                                prefer_same_diagnosis_s=hold,
@@ -308,58 +301,6 @@ class Service:
 
     async def on_cancel(self, conn: Conn, frame: dict[str, Any]) -> None:
         await self.match.cancel(conn.user.id)
-
-    # ---- issue 14 -----------------------------------------------------------------------
-    async def on_widen(self, conn: Conn, frame: dict[str, Any]) -> None:
-        """Change the waiting request's profile and hold in place: same position, a new ``queued``."""
-        profile, hold = self._request_profile(frame)
-        _, created = await self.match.widen(conn.user.id, profile, prefer_same_diagnosis_s=hold)
-        await self.conversations.open_created(created)
-
-    def _later_note(self, raw: Any) -> str:
-        """The optional note of a talk-later request, moderated like a message: contact details masked; a
-        note the rules flag as crisis or abuse is refused (the patient can rephrase it; it never reaches a
-        survivor)."""
-        if raw is None or is_blank(raw):
-            return ""
-        if len(raw) > LATER_NOTE_CHARS:
-            raise ServiceError(ErrorCode.TOO_LARGE, f"A note is at most {LATER_NOTE_CHARS} characters.", field="note")
-        if not self.settings.moderation:
-            return str(raw)
-        verdict = self.moderator.check(raw)
-        if set(verdict.categories) & LATER_NOTE_REFUSED:
-            raise ServiceError(ErrorCode.BAD_FRAME, "This note cannot be shown to a volunteer as it is; if you "
-                               "need help now, please call a crisis line.", field="note",
-                               categories=list(verdict.categories))
-        return verdict.shown_text
-
-    async def on_talk_later(self, conn: Conn, frame: dict[str, Any]) -> None:
-        profile = parse_profile(frame["profile"], self.vocabulary)
-        within_h = frame.get("within_h")
-        within_h = 24 if within_h is None else within_h
-        if not 1 <= within_h <= 72:
-            raise ServiceError(ErrorCode.BAD_FRAME, "'within_h' must be 1 to 72.", field="within_h")
-        note = self._later_note(frame.get("note"))
-        _, created = await self.match.talk_later(conn.user.id, conn.user.name, profile, within_s=within_h * 3600,
-                                                 note=note, issued_at=conn.user.iat)
-        await self.conversations.open_created(created)
-
-    async def on_cancel_later(self, conn: Conn, frame: dict[str, Any]) -> None:
-        await self.match.cancel_later(conn.user.id, frame["request_id"])
-
-    async def on_keep_in_touch(self, conn: Conn, frame: dict[str, Any]) -> None:
-        cid = frame["conversation_id"]
-        await self.conversations.participant_meta(cid, conn.user.id)     # forbidden unless a participant
-        await self.match.keep_in_touch(conn.user.id, cid)
-
-    async def on_talk_again(self, conn: Conn, frame: dict[str, Any]) -> None:
-        conn.position = None     # the answer may be a queued at an unchanged position
-        _, created = await self.match.talk_again(conn.user.id, conn.user.name, frame["contact_id"],
-                                                 later_s=LATER_DEFAULT_H * 3600, issued_at=conn.user.iat)
-        await self.conversations.open_created(created)
-
-    async def on_end_contact(self, conn: Conn, frame: dict[str, Any]) -> None:
-        await self.match.end_contact(conn.user.id, frame["contact_id"])
 
     async def on_accept(self, conn: Conn, frame: dict[str, Any]) -> None:
         _, created = await self.match.respond(conn.user.id, frame["offer_id"], accept=True)
