@@ -683,24 +683,20 @@ local serve_later     -- defined with the talk-later requests below
 serve_survivor = function(sid)
   local sv = reindex(sid)
   if not sv or sv.idx ~= '1' then return end
-  for _, pid in ipairs(redis.call('ZRANGE', KEY.later_for(sid), 0, 99)) do
+  -- offer them to a waiting, present request that passes ``fits``; false once they have no free slot
+  local function offer(pid, fits)
     local rq = hgetall(KEY.request(pid))
-    if rq and rq.target == sid and rq.state == 'waiting' and tonumber(rq.away or '0') == 0
-       and pair_ok(pid, rq, sid) then
-      make_offer(pid, rq, sid)
-      sv = hgetall(KEY.survivor(sid))
-      sv.id = sid
-      if sv.idx ~= '1' then return end
-    end
+    if not (rq and rq.state == 'waiting' and tonumber(rq.away or '0') == 0 and fits(rq)) then return true end
+    make_offer(pid, rq, sid)
+    sv = hgetall(KEY.survivor(sid))
+    sv.id = sid
+    return sv.idx == '1'
+  end
+  for _, pid in ipairs(redis.call('ZRANGE', KEY.later_for(sid), 0, 99)) do
+    if not offer(pid, function(rq) return rq.target == sid and pair_ok(pid, rq, sid) end) then return end
   end
   for pid in ready_for(sv) do
-    local rq = hgetall(KEY.request(pid))
-    if rq and rq.state == 'waiting' and tonumber(rq.away or '0') == 0 and suits(pid, rq, sv) then
-      make_offer(pid, rq, sid)
-      sv = hgetall(KEY.survivor(sid))
-      sv.id = sid
-      if sv.idx ~= '1' then return end
-    end
+    if not offer(pid, function(rq) return suits(pid, rq, sv) end) then return end
   end
   serve_later(sid, sv)
 end
