@@ -24,6 +24,21 @@ export function sharedTopics(shared, label) {
   ];
 }
 
+/** Send an offer card's answer (live offer or talk-later card); false when offline. */
+function answerCard(card, kind) {
+  if (!card.conn.send({ type: kind, offer_id: card.offer.offer_id })) {
+    card.status.textContent = t("common.offline");
+    return false;
+  }
+  const hadFocus = card.node.contains(document.activeElement);
+  card.accept.disabled = card.decline.disabled = true;
+  card.status.textContent = kind === "accept" ? t("offer.connecting") : t("offer.declining");
+  card.answered = kind;
+  if (hadFocus) card.status.focus();     // the buttons it was on are disabled: keep it on the card
+  card.onAnswered?.();
+  return true;
+}
+
 class OfferCard {
   constructor(conn, offer, label, onGone) {
     this.conn = conn;
@@ -64,16 +79,7 @@ class OfferCard {
   }
 
   answer(kind) {
-    if (!this.conn.send({ type: kind, offer_id: this.offer.offer_id })) {
-      this.status.textContent = t("common.offline");
-      return;
-    }
-    const hadFocus = this.node.contains(document.activeElement);
-    this.accept.disabled = this.decline.disabled = true;
-    this.status.textContent = kind === "accept" ? t("offer.connecting") : t("offer.declining");
-    this.answered = kind;
-    if (hadFocus) this.status.focus();     // the buttons it was on are disabled: keep it on the offer
-    this.onAnswered?.();
+    answerCard(this, kind);
   }
 
   gone(text) {
@@ -124,16 +130,7 @@ class LaterCard {
   }
 
   answer(kind) {
-    if (!this.conn.send({ type: kind, offer_id: this.offer.offer_id })) {
-      this.status.textContent = t("common.offline");
-      return;
-    }
-    const hadFocus = this.node.contains(document.activeElement);
-    this.accept.disabled = this.decline.disabled = true;
-    this.status.textContent = kind === "accept" ? t("offer.connecting") : t("offer.declining");
-    this.answered = kind;
-    if (hadFocus) this.status.focus();
-    this.onAnswered?.();
+    if (!answerCard(this, kind)) return;
     // a declined card gets no frame back: it is simply not shown to this survivor again
     if (kind === "decline") setTimeout(() => this.gone(t("later_offer.declined")), 300);
   }
