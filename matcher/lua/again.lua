@@ -22,10 +22,7 @@ if redis.call('EXISTS', KEY.request(pid)) == 1 then
   if f then pub(pid, f) end
   return result({mode = 'joined', state = redis.call('HGET', KEY.request(pid), 'state')})
 end
-local hour = KEY.request_count(pid, math.floor(NOW / 3600))
-local n = redis.call('INCR', hour)
-redis.call('EXPIRE', hour, 3700)
-if n > tonumber(ARGV[8]) then
+if over_hourly_cap(pid, ARGV[8]) then
   return refuse('rate_limited', 'Too many requests this hour; please wait a little.')
 end
 local sv = hgetall(KEY.survivor(sid))

@@ -22,10 +22,7 @@ if op == 'cancel' then
 end
 if erased_session(pid, ARGV[13]) then return refuse('forbidden', 'This account was erased.') end
 if is_suspended(pid) then return refuse('suspended', 'Your account is suspended.') end
-local hour = KEY.request_count(pid, math.floor(NOW / 3600))
-local n = redis.call('INCR', hour)
-redis.call('EXPIRE', hour, 3700)
-if n > tonumber(ARGV[14]) then
+if over_hourly_cap(pid, ARGV[14]) then
   return refuse('rate_limited', 'Too many requests this hour; please wait a little.')
 end
 drop_later(pid)

@@ -63,6 +63,15 @@ local function is_suspended(uid)
 end
 
 -- erased and signed in with a token issued no later than the erasure (iat "" = unknown: as old)
+-- One more request this hour for the patient (talk-now, talk-later and talk-again share the count);
+-- true when that is over ``cap``.  The counter lives 3,700 s.
+local function over_hourly_cap(pid, cap)
+  local hour = KEY.request_count(pid, math.floor(NOW / 3600))
+  local n = redis.call('INCR', hour)
+  redis.call('EXPIRE', hour, 3700)
+  return n > tonumber(cap)
+end
+
 local function erased_session(uid, iat)
   if redis.call('SISMEMBER', KEY.erased_before_tombstones, uid) == 1 then return true end
   local at = redis.call('HGET', KEY.erasures, uid)

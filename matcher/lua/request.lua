@@ -35,10 +35,7 @@ if ARGV[12] and ARGV[12] ~= '' then
     end
   end
 end
-local hour = KEY.request_count(pid, math.floor(NOW / 3600))
-local n = redis.call('INCR', hour)
-redis.call('EXPIRE', hour, 3700)
-if n > tonumber(ARGV[11]) then
+if over_hourly_cap(pid, ARGV[11]) then
   return refuse('rate_limited', 'Too many talk-now requests this hour; please wait a little.')
 end
 local strict_until = 0
