@@ -42,7 +42,7 @@ def main() -> None:
                 keys = [k.conv_meta(cid), k.conv_log(cid), k.conv_client_ids(cid)]
                 base = [cid, "p", "Pat", "patient", "", TEXT, "", "", "m:u:", "m:w:" + cid]
                 if which == "new":      # limits as high as the relay benchmark's: every call takes a token
-                    keys.append(k.send_bucket("p"))
+                    keys += [k.group_members(cid), k.group_muted(cid), k.send_bucket("p")]
                     base += ["", "", "100000.0", "100000"]
                 r.config_resetstat()
                 for i in range(0, args.calls, 500):

@@ -22,6 +22,9 @@ from core.keys import Keys
 
 WATCH, WATCH_FLAGS, HISTORY = "watch", "watch_flags", "history"
 NOTICE, MODERATOR_END, SUSPEND, RESOLVE = "notice", "moderator_end", "suspend", "resolve"
+# groups (issue 12): creation and the facilitator tools, by facilitators and moderators alike
+GROUP_CREATE, GROUP_MUTE, GROUP_REMOVE = "group_create", "group_mute", "group_remove"
+GROUP_READMIT, GROUP_PIN, GROUP_CLOSE = "group_readmit", "group_pin", "group_close"
 FIELDS = ("who", "who_name", "action", "conversation_id", "user_id", "flag_id", "detail")
 MAX_DETAIL = 2000
 MAX_PAGE = 1000

@@ -10,7 +10,9 @@ Order matters, so that a crash part-way can simply be retried (``aftertalk erase
 2. The caller takes the user out of matching (``MatchStore.forget``: their request and talk-later
    request dropped, their pending offers and talk-later cards withdrawn, out of the match and
    availability indexes, their contacts ended for both sides, requests addressed to them dropped).
-3. Per conversation in ``keys.user_history(uid)``, one script rebuilds the log without the user's
+3. They leave every group and waitlist they are in (chat/lua/group_leave.lua: their place goes to the
+   head of the waitlist) and stop waiting for a group.  Then per conversation in
+   ``keys.user_history(uid)`` (groups included), one script rebuilds the log without the user's
    text and name (see ``chat/lua/erase.lua``; seqs and the peer's messages are kept) and marks the
    user erased in the conversation (append refuses them there from then on); flags quoting them
    lose the quote; the matcher's record of the conversation names them "Deleted user".
@@ -44,6 +46,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from chat.flags import forget_author
+from chat.groups import GroupStore
 from chat.store import DELETED_NAME, ChatStore
 from core.keys import Keys
 from core.redis_client import RedisClient
@@ -75,6 +78,10 @@ async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str,
     # the shared limits (send bucket, typing hints, connection leases) live in the user's own slot
     # ({u:ID}) and expire by themselves within seconds; they go at once all the same
     own = [keys.send_bucket(uid), keys.user_leases(uid)]
+    groups = GroupStore(redis, keys, max_groups_per_user=0)
+    for raw in await redis.smembers(keys.user_groups(uid)):     # out of every group and waitlist first
+        await groups.leave(raw.decode() if isinstance(raw, bytes) else raw, uid, mode="erase")
+    await groups.unseek(uid)
     for raw in await redis.smembers(keys.user_history(uid)):
         cid = raw.decode() if isinstance(raw, bytes) else raw
         own.append(keys.typing_hint(uid, cid))
@@ -89,7 +96,7 @@ async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str,
                     keys.survivor_offers(uid), keys.request_declined(uid))
         # talk-later and contacts (MatchStore.forget ended them; these are what a crash could leave)
         pipe.delete(keys.later(uid), keys.later_offers(uid), keys.later_declined(uid), keys.survivor_later(uid),
-                    keys.later_for(uid), keys.user_contacts(uid))
+                    keys.later_for(uid), keys.user_contacts(uid), keys.user_groups(uid))
         pipe.hdel(keys.later_expired, uid)
         for zset in (keys.relax, keys.away, keys.cooldowns, keys.later_deadlines):
             pipe.zrem(zset, uid)

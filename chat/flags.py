@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import orjson
 
-from core.keys import Keys
+from core.keys import GROUP_ID_PREFIX, Keys
 from core.redis_client import RedisClient
 from core.scripts import ScriptSet
 
@@ -69,6 +69,8 @@ def flag_frame(h: dict[str, str]) -> dict[str, Any]:
     }
     if h.get("score"):
         frame["score"] = float(h["score"])
+    if h["conversation_id"].startswith(GROUP_ID_PREFIX):
+        frame["group"] = True
     if h.get("reported_by"):
         frame["reported_by"] = h["reported_by"]
         frame["reason"] = h.get("reason", "")

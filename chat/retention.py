@@ -62,7 +62,10 @@ async def purge_expired(redis: Any, keys: Keys, *, now_s: float, retention_s: fl
             continue
         async with redis.pipeline(transaction=False) as pipe:
             for cid in cids:
-                pipe.delete(keys.conv_meta(cid), keys.conv_log(cid), keys.conv_client_ids(cid))
+                pipe.delete(keys.conv_meta(cid), keys.conv_log(cid), keys.conv_client_ids(cid),
+                            # a closed group's membership, beside its log in the same slot
+                            keys.group_members(cid), keys.group_names(cid), keys.group_waitlist(cid),
+                            keys.group_waiting(cid), keys.group_muted(cid), keys.group_removed(cid))
             await pipe.execute()
         async with redis.pipeline(transaction=True) as pipe:
             for cid in cids:

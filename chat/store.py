@@ -45,7 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.errors import unavailable
+from core.errors import ErrorCode, ServiceError, unavailable
 from core.keys import Keys
 from core.scripts import ScriptSet, as_service_error
 
@@ -120,8 +120,14 @@ class ConversationMeta:
     ended_by: str
     created: int = 0            # ms, server time
     ended_at: int = 0           # ms, server time; 0 while open
+    kind: str = "pair"          # "pair", or "group": a group's members are in its own hash (chat.groups)
+
+    @property
+    def group(self) -> bool:
+        return self.kind == "group"
 
     def participant(self, uid: str) -> bool:
+        """One of the pair (a group's membership is read from its members hash: chat.groups)."""
         return bool(uid) and (uid == self.patient or uid == self.survivor)
 
     def peer_of(self, uid: str) -> str:
@@ -295,7 +301,7 @@ class ChatStore:
 
     def _conv_keys(self, cid: str) -> list[str]:
         k = self.keys
-        return [k.conv_meta(cid), k.conv_log(cid), k.conv_client_ids(cid)]
+        return [k.conv_meta(cid), k.conv_log(cid), k.conv_client_ids(cid), k.group_members(cid), k.group_muted(cid)]
 
     async def open(self, cid: str, *, epoch: str, patient: tuple[str, str], survivor: tuple[str, str]) -> None:
         """Create the conversation's metadata; a second call never changes epoch, seq or state."""
@@ -311,6 +317,7 @@ class ChatStore:
             survivor=f.get("survivor", ""), survivor_name=f.get("survivor_name", ""),
             state=f.get("state", "open"), seq=int(f.get("seq") or 0), ended_by=f.get("ended_by", ""),
             created=int(f.get("created") or 0), ended_at=int(f.get("ended_at") or 0),
+            kind=f.get("kind") or "pair",
         )
 
     async def append(self, cid: str, *, sender_id: str, name: str, role: str, client_id: str,
@@ -319,7 +326,8 @@ class ChatStore:
         ``limit``: take a token from the sender's send bucket, or refuse.
 
         Raises ServiceError FORBIDDEN (unknown conversation, not a participant nor a moderator, erased
-        sender), CONVERSATION_ENDED or RATE_LIMITED (nothing stored); UNAVAILABLE if Redis cannot be
+        sender), CONVERSATION_ENDED, MUTED (a group member muted by a facilitator; ``retry_after_s``)
+        or RATE_LIMITED (nothing stored); UNAVAILABLE if Redis cannot be
         reached (nothing was stored, or the outcome is unknown: retry with the same client id)."""
         keys = self._conv_keys(cid)
         args = [cid, sender_id, name, role, client_id, text, shown, flags,
@@ -335,10 +343,16 @@ class ChatStore:
                 args += ["", "", repr(float(limit.rate_per_s)), str(limit.burst)]
             if self.screening:
                 keys.append(self.keys.screen_queue)
-        if self._append_pipeline is not None:
-            res = await self._append_pipeline.call(keys, args)
-        else:
-            res = await self.scripts.run("append", keys, args)
+        try:
+            if self._append_pipeline is not None:
+                res = await self._append_pipeline.call(keys, args)
+            else:
+                res = await self.scripts.run("append", keys, args)
+        except ServiceError as exc:
+            if exc.code == ErrorCode.MUTED:     # the script says how many seconds are left
+                raise ServiceError(ErrorCode.MUTED, "A facilitator has muted you in this group for a while.",
+                                   retry_after_s=int(exc.message)) from None
+            raise
         appended = Appended(int(res[0]), int(res[1]), _s(res[2]), bool(int(res[3])))
         if self._sharded and self.screening and role != "moderator":
             await self._queue_for_screening(cid, appended.seq)

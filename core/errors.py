@@ -24,6 +24,9 @@ class ErrorCode(StrEnum):
     SUSPENDED = "suspended"                    # the user is suspended by a moderator
     REAUTH_REFUSED = "reauth_refused"          # a reauth token was not accepted; the session keeps its old token
     CAPACITY = "capacity"                      # a per-user or per-IP limit is reached
+    GROUP_FULL = "group_full"                  # the group is at capacity: the user is on its waitlist
+    GROUP_CLOSED = "group_closed"              # the group was closed by a facilitator or moderator
+    MUTED = "muted"                            # a facilitator muted this member for a while; nothing was stored
     INTERNAL = "internal"                      # a bug; logged with a reference
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+GROUP_ID_PREFIX = "g-"      # a group's id (= its conversation id) starts so; pairs' ids never do (matcher: "c...")
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -239,6 +241,42 @@ class Keys:
 
     def conv_client_ids(self, cid: str) -> str:   # hash client_id -> seq (idempotent sends)
         return f"{self.prefix}:{{c:{cid}}}:cids"
+
+    # ---- groups (issue 12): a group is a conversation; its membership lives in its own slot ----
+    # (chat/lua/group_*.lua decide joins, the waitlist, mutes and removals there, atomically with the
+    # capacity; append.lua reads members and mutes in the same step as the message)
+    def group_members(self, gid: str) -> str:     # hash uid -> "name<US>role<US>facilitator(0|1)<US>joined seq"
+        return f"{self.prefix}:{{c:{gid}}}:members"
+
+    def group_names(self, gid: str) -> str:       # hash name -> uid (names are unique in a group)
+        return f"{self.prefix}:{{c:{gid}}}:names"
+
+    def group_waitlist(self, gid: str) -> str:    # zset uid -> ticket (first come, first served)
+        return f"{self.prefix}:{{c:{gid}}}:waitlist"
+
+    def group_waiting(self, gid: str) -> str:     # hash uid -> "name<US>role<US>facilitator" of the waitlist
+        return f"{self.prefix}:{{c:{gid}}}:waiting"
+
+    def group_muted(self, gid: str) -> str:       # hash uid -> muted until (ms, Redis clock)
+        return f"{self.prefix}:{{c:{gid}}}:muted"
+
+    def group_removed(self, gid: str) -> str:     # hash uid -> the name they had: may not rejoin until readmitted
+        return f"{self.prefix}:{{c:{gid}}}:removed"
+
+    # the control plane's view of groups: where to find them, and who is in how many
+    def group_index(self, kind: str, code: str) -> str:  # zset open group id -> created (ms), per topic
+        return f"{self.ctl}gx:{kind}:{code}"
+
+    def user_groups(self, uid: str) -> str:       # set of the groups a user is in or waiting for (the cap;
+        return f"{self.ctl}ug:{uid}"              # the group's own slot is the truth, this is its index)
+
+    @property
+    def group_seekers(self) -> str:               # zset uid -> since: people waiting for a fitting group
+        return f"{self.ctl}gseek"
+
+    @property
+    def group_seeker_profiles(self) -> str:       # hash uid -> the profile (JSON) they are waiting with
+        return f"{self.ctl}gseek:profiles"
 
     # ---- limits every gateway shares: one slot per user or per address ---------------
     # Each is used alone (one command or one script on one key), so any tag would be Cluster-safe;

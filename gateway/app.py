@@ -107,6 +107,7 @@ class Edge:
             sub = str(body.get("id") or "").strip()[:64] or f"demo-{role}-{name.lower().replace(' ', '-')}"
             token = issue_token(self.settings.secret, sub=sub, role=role, name=name or role,
                                 locale=normalise_locale(body.get("locale")),
+                                facilitator=role == "survivor" and body.get("facilitator") is True,
                                 ttl_s=self.settings.demo_token_ttl_s,
                                 audience=self.settings.jwt_audience, issuer=self.settings.jwt_issuer)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):

@@ -2,7 +2,8 @@
 
 The accepted algorithms come from configuration and are passed to PyJWT
 explicitly, so a token's own header can never choose ``none`` or an
-asymmetric algorithm.  ``exp``, ``sub``, ``role`` and ``name`` are required;
+asymmetric algorithm.  ``exp``, ``sub``, ``role`` and ``name`` are required; ``facilitator: true`` marks a survivor
+who may create and lead groups (ignored for other roles);
 ``aud`` and ``iss`` are checked when configured.  ``iat`` (issued at) is optional but
 :func:`issue_token` always sets it: after an erasure only a token issued later opens a
 session for that user (a token without ``iat`` counts as older than any erasure).  The ``name`` is cleaned
@@ -39,9 +40,13 @@ class Identity:
     exp: float
     iat: float | None = None     # when the token was issued (None: no ``iat``, treated as older than any erasure)
     locale: str = ""             # "es-MX": the token's ``locale`` claim or the hello's; picks the crisis lines
+    facilitator: bool = False    # a survivor trusted to create and lead groups (the ``facilitator`` claim)
 
-    def public(self) -> dict[str, str]:
-        return {"id": self.id, "role": self.role, "name": self.name}
+    def public(self) -> dict[str, str | bool]:
+        out: dict[str, str | bool] = {"id": self.id, "role": self.role, "name": self.name}
+        if self.facilitator:
+            out["facilitator"] = True
+        return out
 
 
 def display_name(raw: str) -> str:
@@ -58,7 +63,7 @@ def display_name(raw: str) -> str:
 
 def issue_token(secret: str, *, sub: str, role: str, name: str, ttl_s: float = 3600,
                 audience: str = "", issuer: str = "", algorithm: str = "HS256", now: float | None = None,
-                locale: str = "") -> str:
+                locale: str = "", facilitator: bool = False) -> str:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     now = time.time() if now is None else now
@@ -69,6 +74,8 @@ def issue_token(secret: str, *, sub: str, role: str, name: str, ttl_s: float = 3
         claims["iss"] = issuer
     if locale:
         claims["locale"] = locale
+    if facilitator:
+        claims["facilitator"] = True
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
@@ -97,5 +104,7 @@ def verify_token(token: object, secret: str, *, algorithms: tuple[str, ...] = ("
         raise Unauthorized("invalid token: bad name")
     iat = claims.get("iat")
     issued = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
+    # only a survivor can be a facilitator; the claim must be exactly true
+    facilitator = role == "survivor" and claims.get("facilitator") is True
     return Identity(id=sub, role=role, name=shown, exp=float(claims["exp"]), iat=issued,
-                    locale=normalise_locale(claims.get("locale")))
+                    locale=normalise_locale(claims.get("locale")), facilitator=facilitator)

@@ -3,9 +3,9 @@ its collaborators through its constructor.
 
 Order of construction is the order of dependency, and nothing is patched afterwards:
 
-    Redis clients -> stores (matcher, chat, flags, audit, retention)
+    Redis clients -> stores (matcher, chat, groups, flags, audit, retention)
                   -> hub (pub/sub fan-out) -> conversations (matcher + chat in step)
-                  -> safety (moderators) -> service (participants) -> dispatcher
+                  -> groups -> safety (moderators) -> service (participants) -> dispatcher
 
 The hub's re-sync callback is given to :meth:`Hub.run` when the process starts, because the
 services that answer it are built after the hub they use.
@@ -20,6 +20,7 @@ from typing import Any
 from chat.audit import AuditLog
 from chat.crisis import parse_crisis_lines
 from chat.flags import FlagStore
+from chat.groups import GroupStore
 from chat.moderation import Moderator, RuleSet
 from chat.retention import Retention
 from chat.screening.queue import ScreenQueue
@@ -28,6 +29,7 @@ from core.keys import Keys
 from core.redis_client import make_redis
 from gateway.conversations import Conversations
 from gateway.dispatch import Dispatcher
+from gateway.groups import Groups
 from gateway.hub import Hub
 from gateway.later import Later
 from gateway.quotas import ConnectionLeases, TypingHints
@@ -92,20 +94,25 @@ def build(settings: Settings) -> Gateway:
         rejoin_window_s=settings.talk_now_rejoin_s))
     chat = ChatStore(redis, keys, screening=settings.screening)
     hub = Hub(redis_bytes, keys, chat, catchup_concurrency=settings.catchup_concurrency)
-    conversations = Conversations(match, chat)
+    audit_log = AuditLog(redis, keys)
+    vocabulary = load_vocabulary()
+    group_store = GroupStore(redis, keys, max_groups_per_user=settings.max_groups_per_user)
+    conversations = Conversations(match, chat, group_store)
+    groups = Groups(settings, store=group_store, hub=hub, audit_log=audit_log, vocabulary=vocabulary)
     safety = Safety(settings, match=match, chat=chat, conversations=conversations, hub=hub,
-                    flags=FlagStore(redis, keys), audit_log=AuditLog(redis, keys),
+                    flags=FlagStore(redis, keys), audit_log=audit_log, groups=groups,
                     crisis_lines=parse_crisis_lines(settings.crisis_lines),
                     screen_queue=ScreenQueue(redis, keys) if settings.screening else None)
     moderator = Moderator(RuleSet.load(settings.moderation_rules_path or None),
                           mask_contact_info=settings.mask_contact_info)
     service = Service(settings, gateway_id=secrets.token_hex(4), match=match, chat=chat,
-                      conversations=conversations, hub=hub, moderator=moderator, vocabulary=load_vocabulary(),
+                      conversations=conversations, hub=hub, moderator=moderator, vocabulary=vocabulary,
                       retention=Retention(redis, keys, retention_s=settings.retention_days * 86400),
-                      safety=safety, typing_hints=TypingHints(redis, keys, interval_s=settings.typing_interval_s))
+                      safety=safety, typing_hints=TypingHints(redis, keys, interval_s=settings.typing_interval_s),
+                      groups=groups)
     leases = ConnectionLeases(redis, keys, ttl_s=settings.presence_ttl_s, owner=service.gateway_id)
     later = Later(settings, match=match, conversations=conversations, moderator=moderator,
                   vocabulary=service.vocabulary)
-    dispatcher = Dispatcher(service.handlers(), safety.handlers(), later.handlers())
+    dispatcher = Dispatcher(service.handlers(), safety.handlers(), later.handlers(), groups.handlers())
     return Gateway(settings=settings, redis=redis, redis_bytes=redis_bytes, keys=keys, match=match, chat=chat,
                    hub=hub, safety=safety, service=service, dispatcher=dispatcher, leases=leases)

@@ -7,8 +7,9 @@ moderators' service:
 
 * a match creates its log (:meth:`open_created`); a gateway that died between the matcher's
   script and the log's creation is repaired by the next participant frame (:meth:`ensure_open`);
-* every participant check reads the log's participant list (:meth:`participant_meta`), and an
-  unknown, foreign or never-opened conversation gets the same ``forbidden``;
+* every participant check reads the log's participant list (:meth:`participant_meta`), or for a
+  group its members (chat.groups), and an unknown, foreign or never-opened conversation gets the
+  same ``forbidden``;
 * ending closes the log first, then the match (:meth:`end`): a peer who hears ``ended`` and
   sends gets ``conversation_ended``, never an ack.  Both steps are idempotent, so a crash in
   between is finished by ending again.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chat.groups import GroupStore, Member
 from chat.store import ChatStore, ConversationMeta
 from core.errors import ErrorCode, ServiceError
 from gateway import metrics
@@ -24,9 +26,10 @@ from matcher.store import Created, MatchStore
 
 
 class Conversations:
-    def __init__(self, match: MatchStore, chat: ChatStore) -> None:
+    def __init__(self, match: MatchStore, chat: ChatStore, groups: GroupStore) -> None:
         self.match = match
         self.chat = chat
+        self.groups = groups
 
     async def open_created(self, created: list[Created]) -> None:
         for c in created:
@@ -49,9 +52,14 @@ class Conversations:
         meta = await self.chat.meta(cid)
         if meta is None and await self.ensure_open(cid, uid):
             meta = await self.chat.meta(cid)
+        if meta is not None and meta.group and await self.groups.member(cid, uid) is not None:
+            return meta
         if meta is None or not meta.participant(uid):
             raise ServiceError(ErrorCode.FORBIDDEN, "You are not part of that conversation.", conversation_id=cid)
         return meta
+
+    async def group_member(self, cid: str, uid: str) -> Member | None:
+        return await self.groups.member(cid, uid)
 
     async def end(self, cid: str, uid: str, role: str, *, block: bool = False,
                   reason: str = "") -> dict[str, Any]:

@@ -43,6 +43,7 @@ from matcher.estimate import public_queued
 
 log = logging.getLogger("aftertalk.hub")
 FILL_BATCH = 500
+GROUP_EXITS = frozenset({"left", "removed"})     # a member's connections stop following the group
 
 
 class Hub:
@@ -141,6 +142,15 @@ class Hub:
     async def publish_user(self, uid: str, frame: dict[str, Any]) -> None:
         """To every connection of one user, on every gateway (at most once: a hint, not a log)."""
         await self.redis.publish(self.keys.user_channel(uid), orjson.dumps(frame))
+
+    async def publish_users(self, frames: list[tuple[str, dict[str, Any]]]) -> None:
+        """Each frame to every connection of its user, on every gateway; one round trip for all."""
+        if not frames:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for uid, frame in frames:
+                pipe.publish(self.keys.user_channel(uid), orjson.dumps(frame))
+            await pipe.execute()
 
     async def publish_watchers(self, cid: str, frame: dict[str, Any]) -> None:
         """To every moderator watching a conversation, on every gateway."""
@@ -416,10 +426,18 @@ class Hub:
                 conn.position = frame.get("position")
             elif kind == "cancelled":
                 conn.position = None
-            elif kind == "ended":
-                conn.delivered.pop(frame["conversation_id"], None)
-                if self.shards is not None:
-                    self._unfollow(conn, frame["conversation_id"])
+            elif kind == "ended" or kind in GROUP_EXITS:
+                cid = frame.get("conversation_id") or frame["group_id"]
+                if kind != "left" or not frame.get("waitlisted"):
+                    conn.delivered.pop(cid, None)
+                    if self.shards is not None:
+                        self._unfollow(conn, cid)
+            elif kind == "joined":      # a group (gateway.groups): follow it from the seq joined at
+                cid = frame["conversation_id"]
+                self.epochs[cid] = frame.get("epoch", "")
+                if cid not in conn.delivered:
+                    conn.delivered[cid] = int(frame.get("seq") or 0)
+                    self.fill(conn, cid)    # what was appended between the join and this frame
             conn.push(text)
             if kind == "suspended":
                 conn.close(CloseCode.SUSPENDED, "suspended by a moderator")

@@ -17,6 +17,7 @@ from core.errors import ErrorCode, ServiceError
 PATIENT, SURVIVOR, MODERATOR = "patient", "survivor", "moderator"
 PEERS = frozenset({PATIENT, SURVIVOR})
 ANYONE = frozenset({PATIENT, SURVIVOR, MODERATOR})
+LEADERS = frozenset({SURVIVOR, MODERATOR})     # survivors only with the facilitator claim (gateway.groups)
 MAX_ID = 128
 MAX_TOKEN = 4096          # as gateway.auth.verify_token (and the smallest frame limit allows)
 
@@ -60,8 +61,22 @@ FRAMES: dict[str, Spec] = {
     "keep_in_touch": Spec(PEERS, {"conversation_id": str}),
     "talk_again": Spec(frozenset({PATIENT}), {"contact_id": str}),
     "end_contact": Spec(PEERS, {"contact_id": str}),
+    # issue 12: groups.  Facilitators are survivors with the claim; gateway.groups checks it (and membership).
+    "create_group": Spec(LEADERS, {"topic": dict, "language": str, "title": str},
+                         {"description": str, "capacity": int, "schedule": dict}),
+    "list_groups": Spec(ANYONE, {}, {"profile": dict}),
+    "find_group": Spec(PEERS, {"profile": dict}),
+    "cancel_find_group": Spec(PEERS),
+    "join_group": Spec(PEERS, {"group_id": str}),
+    "leave_group": Spec(ANYONE, {"group_id": str}),
+    "mute_member": Spec(LEADERS, {"group_id": str, "name": str, "minutes": int}),
+    "remove_member": Spec(LEADERS, {"group_id": str, "name": str}, {"reason": str}),
+    "readmit_member": Spec(frozenset({MODERATOR}), {"group_id": str, "name": str}),
+    "pin": Spec(LEADERS, {"group_id": str, "text": str}),
+    "close_group": Spec(LEADERS, {"group_id": str}, {"reason": str}),
 }
-ID_FIELDS = ("conversation_id", "client_id", "offer_id", "flag_id", "user_id", "request_id", "contact_id")
+ID_FIELDS = ("conversation_id", "client_id", "offer_id", "flag_id", "user_id", "request_id", "contact_id",
+             "group_id", "name")
 
 
 def _kind(expected: type | tuple[type, ...]) -> str:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -34,6 +34,7 @@ from chat.screening.queue import Backlog, ScreenQueue
 from chat.store import Appended, ChatStore, ConversationMeta, message_frame
 from chat.textnorm import is_blank
 from core.errors import ErrorCode, ServiceError, Unauthorized
+from core.keys import GROUP_ID_PREFIX
 from gateway import metrics
 from gateway.auth import verify_token
 from gateway.connection import Conn
@@ -66,10 +67,20 @@ def _bounded(frame: dict[str, Any], name: str, limit: int, *, required: bool = F
     return value
 
 
+class GroupTools(Protocol):
+    """What moderators' frames need of groups (:class:`gateway.groups.Groups`)."""
+
+    async def close(self, conn: Conn, gid: str, *, reason: str = "") -> bool:
+        """Close a group; True if it closed now."""
+
+    async def moderator_view(self, gid: str) -> list[dict[str, Any]]:
+        """The members of a group, as a moderator sees them (names, roles, user ids)."""
+
+
 class Safety:
     def __init__(self, settings: Settings, *, match: MatchStore, chat: ChatStore, conversations: Conversations,
                  hub: Hub, flags: FlagStore, audit_log: AuditLog, crisis_lines: tuple[CrisisLine, ...],
-                 screen_queue: ScreenQueue | None) -> None:
+                 screen_queue: ScreenQueue | None, groups: GroupTools) -> None:
         self.settings = settings
         self.match = match
         self.chat = chat
@@ -79,6 +90,7 @@ class Safety:
         self.audit_log = audit_log
         self.crisis_lines = crisis_lines
         self.screen_queue = screen_queue      # None: model screening is off in this deployment
+        self.groups = groups
         self._behind: bool | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -229,15 +241,19 @@ class Safety:
             conn.filling.discard(cid)
             await self.hub.unwatch(conn, cid)
             raise
-        conn.push(orjson.dumps({
+        out: dict[str, Any] = {
             "type": "history", "conversation_id": cid, "epoch": meta.epoch, "state": meta.state,
-            "watching": True,
-            "participants": {"patient": {"id": meta.patient, "name": meta.patient_name},
-                             "survivor": {"id": meta.survivor, "name": meta.survivor_name}},
-            "flags": flags,
-            "contact": await self.match.contact_between(meta.patient, meta.survivor),   # keep in touch (issue 14)
+            "watching": True, "flags": flags,
             "messages": [message_frame(cid, meta.epoch, m, moderator_view=True) for m in messages],
-            "has_more": bool(messages) and messages[0].seq > 1}).decode())
+            "has_more": bool(messages) and messages[0].seq > 1}
+        if meta.group:
+            out["group"] = True
+            out["members"] = await self.groups.moderator_view(cid)
+        else:
+            out["participants"] = {"patient": {"id": meta.patient, "name": meta.patient_name},
+                                     "survivor": {"id": meta.survivor, "name": meta.survivor_name}}
+            out["contact"] = await self.match.contact_between(meta.patient, meta.survivor)   # issue 14
+        conn.push(orjson.dumps(out).decode())
         conn.delivered[cid] = messages[-1].seq if messages else 0
         conn.filling.discard(cid)
         self.hub.fill(conn, cid)
@@ -281,6 +297,8 @@ class Safety:
                                 "seq": appended.seq, "ts": appended.ts, "epoch": appended.epoch}).decode())
 
     async def _end_as_moderator(self, conn: Conn, cid: str, reason: str) -> bool:
+        if cid.startswith(GROUP_ID_PREFIX):     # a group closes for everyone (gateway.groups)
+            return await self.groups.close(conn, cid, reason=reason)
         out = await self.conversations.end(cid, conn.user.id, "moderator", reason=reason)
         if out.get("ended"):
             ended = {"type": "ended", "conversation_id": cid, "by": "moderator"}

@@ -61,10 +61,23 @@ class SafetyHooks(Protocol):
         """Raise ``forbidden`` unless moderators may read this conversation now; audit the read first."""
 
 
+class GroupHooks(Protocol):
+    """What the participants' service asks of the groups' side (:class:`gateway.groups.Groups`)."""
+
+    async def session_groups(self, uid: str) -> list[dict[str, Any]]:
+        """The user's groups for the welcome: conversation_id, epoch, last_seq, joined_seq, ..."""
+
+    async def session_changed(self, uid: str, online: bool) -> None:
+        """The user's connections came or went: presence to their groups; gone: stop waiting for one."""
+
+    async def typing(self, gid: str, uid: str, frame: dict[str, Any]) -> None:
+        """A typing hint to the group's other members."""
+
+
 class Service:
     def __init__(self, settings: Settings, *, gateway_id: str, match: MatchStore, chat: ChatStore,
                  conversations: Conversations, hub: Hub, moderator: Moderator, vocabulary: Vocabulary,
-                 retention: Retention, safety: SafetyHooks, typing_hints: TypingHints) -> None:
+                 retention: Retention, safety: SafetyHooks, typing_hints: TypingHints, groups: GroupHooks) -> None:
         self.settings = settings
         self.gateway_id = gateway_id
         self.match = match
@@ -75,6 +88,7 @@ class Service:
         self.vocabulary = vocabulary
         self.retention = retention
         self.safety = safety
+        self.groups = groups
         # per user, in Redis (one bucket across connections, gateways and reconnects): chat.store.SendLimit
         self._send_limit = SendLimit(settings.send_rate_per_s, settings.send_burst)
         self.typing_hints = typing_hints
@@ -169,15 +183,21 @@ class Service:
                 if lapsed:
                     state["later_expired"] = {"request_id": lapsed}
             metas = await asyncio.gather(*(self.chat.meta(c["conversation_id"]) for c in state["conversations"]))
+            groups = await self.groups.session_groups(uid) if conn.user.role != "moderator" else []
         except STORE_ERRORS:
             raise unavailable() from None
-        failed: list[dict[str, Any]] = []
         for conv, meta in zip(state["conversations"], metas, strict=True):
-            cid = conv["conversation_id"]
             conv["last_seq"] = meta.seq if meta else 0
+        if groups:
+            state["groups"] = groups
+        failed: list[dict[str, Any]] = []
+        for conv in [*state["conversations"], *groups]:
+            cid = conv["conversation_id"]
+            floor = conv.get("joined_seq", 0)      # a group member reads from the seq they joined at
             self.hub.epochs[cid] = conv["epoch"]
             if cid in resume:
                 seq, epoch = resume.pop(cid)
+                seq = max(seq, floor)
                 if epoch is not None and epoch != conv["epoch"]:
                     failed.append({"conversation_id": cid, "reason": "epoch_changed"})
                     seq = 0
@@ -188,7 +208,7 @@ class Service:
                     seq = 0
                 conn.delivered[cid] = seq
             else:
-                conn.delivered[cid] = conv["last_seq"]
+                conn.delivered[cid] = max(conv["last_seq"], floor)
         # resumed conversations that are not open for this user: ended ones may still be read
         for cid, (seq, epoch) in resume.items():
             meta = await self.chat.meta(cid)
@@ -218,6 +238,8 @@ class Service:
         conn.filling.discard("*")
         for cid in list(conn.delivered):
             self.hub.fill(conn, cid)     # replays seq > delivered, then hands over to live delivery
+        if groups:
+            await self.groups.session_changed(uid, True)
 
     async def resync_user(self, uid: str) -> None:
         """After a pub/sub outage: replay matches and offers this process may have missed."""
@@ -244,7 +266,9 @@ class Service:
         try:
             await self.conversations.open_created(await self.match.disconnected(conn.user.id, conn.id))
         except Exception:
-            pass    # the presence lease expires by itself and the tick cleans up
+            return    # the presence lease expires by itself and the tick cleans up
+        if conn.user.role != "moderator" and not self.hub.conns_of(conn.user.id):
+            await self.groups.session_changed(conn.user.id, False)
 
     # ---- frames ---------------------------------------------------------------------
     async def on_ping(self, conn: Conn, frame: dict[str, Any]) -> None:
@@ -362,11 +386,16 @@ class Service:
         else:
             meta = await self.conversations.participant_meta(cid, conn.user.id)
         messages = await self.chat.history(cid, before, limit)
+        floor = 0
+        if meta.group and conn.user.role != "moderator":   # a member reads from the seq they joined at
+            member = await self.conversations.group_member(cid, conn.user.id)
+            floor = member.joined_seq if member else meta.seq
+            messages = [m for m in messages if m.seq > floor]
         moderator_view = conn.user.role == "moderator"
         conn.push(orjson.dumps({
             "type": "history", "conversation_id": cid, "epoch": meta.epoch, "state": meta.state,
             "messages": [message_frame(cid, meta.epoch, m, moderator_view=moderator_view) for m in messages],
-            "has_more": bool(messages) and messages[0].seq > 1}).decode())
+            "has_more": bool(messages) and messages[0].seq > floor + 1}).decode())
 
     async def on_typing(self, conn: Conn, frame: dict[str, Any]) -> None:
         cid = frame["conversation_id"]
@@ -377,11 +406,19 @@ class Service:
         meta = await self.conversations.participant_meta(cid, conn.user.id)
         if meta.ended:
             return
+        if meta.group:
+            member = await self.conversations.group_member(cid, conn.user.id)
+            if member is not None:
+                await self.groups.typing(cid, conn.user.id, {"type": "typing", "conversation_id": cid,
+                                                             "from": {"name": member.name, "role": member.role}})
+            return
         await self.hub.publish_user(meta.peer_of(conn.user.id), {
             "type": "typing", "conversation_id": cid, "from": {"name": conn.user.name, "role": conn.user.role}})
 
     async def _end(self, conn: Conn, cid: str, *, block: bool) -> None:
-        await self.conversations.participant_meta(cid, conn.user.id)
+        meta = await self.conversations.participant_meta(cid, conn.user.id)
+        if meta.group:
+            raise ServiceError(ErrorCode.BAD_FRAME, "A group is left with leave_group.", conversation_id=cid)
         await self.conversations.end(cid, conn.user.id, conn.user.role, block=block)
 
     async def on_end(self, conn: Conn, frame: dict[str, Any]) -> None:

@@ -56,6 +56,7 @@ class Settings:
     survivor_cooldown_s: float = 0.0
     survivor_daily_cap: int = 20
     max_chats_limit: int = 5
+    max_groups_per_user: int = 5             # groups a user is in or waiting for at once (issue 12)
     max_text_chars: int = 4000
     max_frame_bytes: int = 65536
     send_rate_per_s: float = 5.0             # per user, token bucket
@@ -413,6 +414,7 @@ RULES: dict[str, Rule] = {
     "survivor_cooldown_s": _SECONDS_AT_LEAST_0,
     "survivor_daily_cap": _whole(1),
     "max_chats_limit": _whole(1),
+    "max_groups_per_user": _whole(1),
     "max_text_chars": _whole(1),
     "max_frame_bytes": _whole(MIN_FRAME_BYTES, unit=" of bytes"),
     "send_rate_per_s": _number(0, above=True),

@@ -12,7 +12,8 @@
 -- Rank score: band * 1e13 + created ms, ascending = first to review.  band = 0..2 for a conversation
 -- under priority review (it has an unresolved flag of a priority category), 3..5 otherwise; within
 -- each, high < medium < low.  When a conversation becomes priority, its unresolved flags move up.
--- Returns the JSON list of the created flags' frames, as published on ARGV[2].
+-- Returns the JSON list of the created flags' frames, as published on ARGV[2]; a flag of a group (its id
+-- starts with "g-") says "group": true.
 local zset, conv = KEYS[1], KEYS[2]
 local channel, cid, seq, excerpt = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local author, reporter, reason, source = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -75,6 +76,7 @@ for _, f in ipairs(new) do
                  severity = severity, seq = seq, excerpt = excerpt, ts = now_ms, status = 'open',
                  priority = priority, source = source}
   if fscore ~= '' then frame.score = tonumber(fscore) end
+  if string.sub(cid, 1, 2) == 'g-' then frame.group = true end     -- a group's id (chat/groups.py GROUP_ID_PREFIX)
   if reporter ~= '' then
     frame.reported_by = reporter
     frame.reason = reason

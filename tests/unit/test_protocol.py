@@ -26,6 +26,11 @@ WHO_MAY_SEND = {
     "send": {P, S}, "typing": {P, S}, "end": {P, S}, "block": {P, S}, "feedback": {P, S}, "report": {P, S},
     "watch_flags": {M}, "watch": {M}, "unwatch": {M}, "notice": {M}, "moderator_end": {M}, "suspend": {M},
     "resolve": {M},
+    # issue 12: groups.  The role table lets survivors create and use the tools; gateway.groups then
+    # refuses a survivor without the facilitator claim (tests/integration/test_groups_authz.py).
+    "create_group": {S, M}, "list_groups": {P, S, M}, "find_group": {P, S}, "cancel_find_group": {P, S},
+    "join_group": {P, S}, "leave_group": {P, S, M}, "mute_member": {S, M}, "remove_member": {S, M},
+    "readmit_member": {M}, "pin": {S, M}, "close_group": {S, M},
 }
 
 # one valid value per field type, and values of every other JSON kind

@@ -1,0 +1,403 @@
+"""Groups (issue 12): create, find, join and leave groups, and the facilitator tools.
+
+The rules are pure (:mod:`matcher.groups`: what a valid group is, its next session, what fits
+whom and in what order); the capacity, the waitlist, mutes and removals are decided atomically in
+Redis (:class:`chat.groups.GroupStore`).  This service checks roles and shapes, calls those two,
+and tells the people concerned, on whichever gateway they are connected: frames for a user go
+to their user channel (``Hub.publish_users``), where every gateway holding one of their
+connections picks them up (``joined`` and ``left`` also change what that connection follows).
+
+Members are named by their name in the group, never by user id.  Every tool use is audited.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from chat import audit
+from chat.audit import AuditLog
+from chat.groups import GroupRecord, GroupStore, Joined, Member, NewGroup
+from core.errors import ErrorCode, ServiceError
+from gateway.connection import Conn
+from gateway.dispatch import Handler
+from gateway.hub import Hub
+from gateway.settings import Settings
+from matcher.groups import (
+    MAX_PIN,
+    GroupView,
+    competes,
+    iso,
+    next_session,
+    parse_group_spec,
+    parse_schedule,
+    ranked,
+)
+from matcher.profile import Profile, parse_profile
+from matcher.vocabulary import Vocabulary
+
+log = logging.getLogger("aftertalk.groups")
+MAX_MINUTES = 1440
+MAX_REASON = 500
+
+
+def _forbidden(message: str = "You are not part of that group.", **data: Any) -> ServiceError:
+    return ServiceError(ErrorCode.FORBIDDEN, message, **data)
+
+
+def _group_id(frame: dict[str, Any]) -> str:
+    gid: str = frame["group_id"]
+    return gid
+
+
+class Groups:
+    def __init__(self, settings: Settings, *, store: GroupStore, hub: Hub, audit_log: AuditLog,
+                 vocabulary: Vocabulary) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.audit_log = audit_log
+        self.vocabulary = vocabulary
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "create_group": self.on_create_group, "list_groups": self.on_list_groups,
+            "find_group": self.on_find_group, "cancel_find_group": self.on_cancel_find_group,
+            "join_group": self.on_join_group, "leave_group": self.on_leave_group,
+            "mute_member": self.on_mute_member, "remove_member": self.on_remove_member,
+            "readmit_member": self.on_readmit_member, "pin": self.on_pin, "close_group": self.on_close_group,
+        }
+
+    # ---- views ---------------------------------------------------------------------------
+    def _view(self, g: GroupRecord, now: datetime) -> GroupView:
+        schedule = parse_schedule(g.schedule) if g.schedule else None
+        return GroupView(g.group_id, g.kind, g.code, g.language, len(g.members), g.capacity,
+                         next_session(schedule, now), g.created, g.state == "open")
+
+    def _summary(self, g: GroupRecord, uid: str, now: datetime, position: int | None = None) -> dict[str, Any]:
+        view = self._view(g, now)
+        return {"group_id": g.group_id, "conversation_id": g.group_id, "title": g.title,
+                "description": g.description, "topic": {"kind": g.kind, "code": g.code}, "language": g.language,
+                "members": len(g.members), "capacity": g.capacity, "facilitators": g.facilitators,
+                "schedule": g.schedule, "next_session": iso(view.next_session), "state": g.state,
+                "joined": g.member(uid) is not None, "waitlist_position": position}
+
+    async def _members(self, g: GroupRecord, viewer: str) -> list[dict[str, Any]]:
+        online = await self.store.online([m.uid for m in g.members])
+        blocked = await self.store.blocks_of(viewer)
+        out = []
+        for m in g.members:
+            entry: dict[str, Any] = {"name": m.name, "role": m.role, "facilitator": m.facilitator,
+                                     "online": m.uid in online}
+            if m.uid in blocked:
+                entry["blocked"] = True
+            out.append(entry)
+        return out
+
+    async def _joined_frame(self, g: GroupRecord, uid: str) -> dict[str, Any]:
+        me = g.member(uid)
+        assert me is not None
+        return {"type": "joined", "group_id": g.group_id, "conversation_id": g.group_id, "epoch": g.epoch,
+                "seq": me.joined_seq, "name": me.name, "group": self._summary(g, uid, datetime.now(UTC)),
+                "members": await self._members(g, uid), "pinned": g.pinned}
+
+    async def _record(self, gid: str) -> GroupRecord:
+        g = await self.store.record(gid)
+        if g is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "There is no such group.", group_id=gid)
+        return g
+
+    # ---- telling people ------------------------------------------------------------------
+    async def _tell_members(self, g: GroupRecord, frame: dict[str, Any], *, but: str = "") -> None:
+        await self.hub.publish_users([(m.uid, frame) for m in g.members if m.uid != but])
+
+    async def announce_presence(self, gids: list[str]) -> None:
+        """Every connected member of these groups gets who is online now."""
+        for g in await self.store.records(gids):
+            online = await self.store.online([m.uid for m in g.members])
+            frame = {"type": "presence", "group_id": g.group_id,
+                     "online": [m.name for m in g.members if m.uid in online]}
+            await self.hub.publish_users([(m.uid, frame) for m in g.members if m.uid in online])
+
+    async def _welcome_joiner(self, gid: str, uid: str) -> None:
+        """A new member (joined now, or moved up from the waitlist): ``joined`` to them on every
+        connection, ``member_joined`` to the others (marked for those who blocked them), presence."""
+        g = await self._record(gid)
+        me = g.member(uid)
+        if me is None:
+            return      # left again meanwhile
+        others = [m.uid for m in g.members if m.uid != uid]
+        blockers = await self.store.blocked_by(others, uid)
+        announce = {"type": "member_joined", "group_id": gid, "name": me.name, "role": me.role,
+                    "facilitator": me.facilitator}
+        await self.hub.publish_users([(uid, await self._joined_frame(g, uid))] + [
+            (o, {**announce, "blocked": True} if o in blockers else announce) for o in others])
+        await self.announce_presence([gid])
+
+    async def _departed(self, gid: str, left_uid: str, name: str, promoted: list[Member],
+                        frame: dict[str, Any]) -> None:
+        g = await self.store.record(gid)
+        await self.hub.publish_users([(left_uid, frame)])
+        if g is not None:
+            await self._tell_members(g, {"type": "member_left", "group_id": gid, "name": name})
+        for m in promoted:
+            await self._welcome_joiner(gid, m.uid)
+        if g is not None and not promoted:
+            await self.announce_presence([gid])
+
+    async def _audit(self, conn: Conn, action: str, gid: str, detail: str = "", target: str = "") -> None:
+        await self.audit_log.record(who=conn.user.id, who_name=conn.user.name, action=action,
+                                    conversation_id=gid, detail=detail, user_id=target)
+
+    # ---- the session ---------------------------------------------------------------------
+    async def session_groups(self, uid: str) -> list[dict[str, Any]]:
+        """The groups a user is a member of, for the welcome and resume."""
+        out = []
+        for g in await self.store.records(await self.store.of_user(uid)):
+            me = g.member(uid)
+            if me is not None:
+                out.append({"group_id": g.group_id, "conversation_id": g.group_id, "epoch": g.epoch,
+                            "last_seq": g.seq, "joined_seq": me.joined_seq, "name": me.name, "title": g.title,
+                            "state": g.state})
+        return out
+
+    async def session_changed(self, uid: str, online: bool) -> None:
+        """A user's connection came, or their last one here went: tell their groups who is online; a
+        user with no connection left anywhere stops waiting for a group (find_group)."""
+        try:
+            if not online and not await self.store.online([uid]):
+                await self.store.unseek(uid)
+            await self.announce_presence([g["group_id"] for g in await self.session_groups(uid)
+                                          if g["state"] == "open"])
+        except Exception as exc:      # a hint: the next change corrects it
+            log.debug("presence not announced: %s", type(exc).__name__)
+
+    # ---- creating and finding ------------------------------------------------------------
+    async def on_create_group(self, conn: Conn, frame: dict[str, Any]) -> None:
+        user = conn.user
+        if user.role != "moderator" and not user.facilitator:
+            raise _forbidden("Only facilitators and moderators create groups.")
+        spec = parse_group_spec(frame, self.vocabulary)
+        gid = await self.store.create(
+            NewGroup(spec.kind, spec.code, spec.language, spec.title, spec.description, spec.capacity,
+                     spec.schedule.as_json() if spec.schedule else None),
+            uid=user.id, name=user.name, role=user.role, facilitator=True)
+        g = await self._record(gid)
+        await self._audit(conn, audit.GROUP_CREATE, gid, detail=spec.title)
+        conn.push(orjson.dumps({"type": "group", "group": self._summary(g, user.id, datetime.now(UTC))}).decode())
+        # then ``joined`` on every connection of the creator, as for any member: it starts their following
+        await self.hub.publish_users([(user.id, await self._joined_frame(g, user.id))])
+        await self._serve_seekers(g)
+
+    async def _serve_seekers(self, g: GroupRecord) -> None:
+        """People waiting for a group (find_group) join a new one that fits them, in order, while it has room."""
+        now = datetime.now(UTC)
+        view = self._view(g, now)
+        for uid, raw in await self.store.seekers():
+            try:
+                profile = parse_profile(raw, self.vocabulary)
+            except ServiceError:
+                continue
+            if not ranked(profile, [view]):
+                continue
+            role, name = raw.get("_role", "patient"), raw.get("_name", "")
+            joined = await self._try_join(g.group_id, uid, name, role, wait=False, facilitator=raw.get("_fac") is True)
+            if joined is None:
+                continue
+            if joined.status == "full":
+                return
+            await self.store.unseek(uid)
+            await self._welcome_joiner(g.group_id, uid)
+
+    async def _try_join(self, gid: str, uid: str, name: str, role: str, *, wait: bool,
+                        facilitator: bool = False) -> Joined | None:
+        """Reserve a place in the user's count, then join; give the place back if not joined.  None: at the
+        user's limit."""
+        reserved = await self.store.reserve(uid, gid)
+        if reserved == 0:
+            return None
+        try:
+            joined = await self.store.join(gid, uid=uid, name=name, role=role, facilitator=facilitator, wait=wait)
+        except ServiceError:
+            if reserved == 1:
+                await self.store.release(uid, gid)
+            raise
+        if joined.status == "full" and reserved == 1:
+            await self.store.release(uid, gid)
+        return joined
+
+    async def _fitting(self, profile: Profile, uid: str) -> list[GroupRecord]:
+        topics = [("diagnosis", c) for c in sorted(profile.diagnoses)] + [
+            ("side_effect", c) for c in sorted(profile.side_effects)]
+        records = await self.store.records(await self.store.indexed(topics))
+        now = datetime.now(UTC)
+        by_id = {g.group_id: g for g in records}
+        return [by_id[v.group_id] for v in ranked(profile, [self._view(g, now) for g in records])]
+
+    async def on_list_groups(self, conn: Conn, frame: dict[str, Any]) -> None:
+        uid = conn.user.id
+        if frame.get("profile") is not None:
+            records = await self._fitting(parse_profile(frame["profile"], self.vocabulary), uid)
+        else:
+            records = await self.store.records(await self.store.of_user(uid))
+        positions = await self.store.waitlist_positions([g.group_id for g in records], uid)
+        now = datetime.now(UTC)
+        conn.push(orjson.dumps({"type": "groups", "groups": [
+            self._summary(g, uid, now, pos) for g, pos in zip(records, positions, strict=True)]}).decode())
+
+    async def on_find_group(self, conn: Conn, frame: dict[str, Any]) -> None:
+        user = conn.user
+        profile = parse_profile(frame["profile"], self.vocabulary)
+        for g in await self._fitting(profile, user.id):
+            if len(g.members) >= g.capacity and g.member(user.id) is None:
+                continue
+            joined = await self._try_join(g.group_id, user.id, user.name, user.role, wait=False,
+                                          facilitator=user.facilitator)
+            if joined is None:
+                raise self._at_limit()
+            if joined.status in ("joined", "member"):
+                await self.store.unseek(user.id)
+                await self._welcome_joiner(g.group_id, user.id)
+                return
+        conn.push(orjson.dumps({"type": "groups", "groups": [], "ref": "find_group"}).decode())
+        await self.store.seek(user.id, {**profile.as_json(), "_role": user.role, "_name": user.name,
+                                        "_fac": user.facilitator})
+        position = 1
+        for uid, raw in await self.store.seekers():
+            if uid == user.id:
+                break
+            try:
+                if competes(profile, parse_profile(raw, self.vocabulary)):
+                    position += 1
+            except ServiceError:
+                continue
+        conn.push(orjson.dumps({"type": "queued", "for": "group", "position": position}).decode())
+
+    async def on_cancel_find_group(self, conn: Conn, frame: dict[str, Any]) -> None:
+        await self.store.unseek(conn.user.id)
+        conn.push('{"type":"cancelled","for":"group"}')
+
+    def _at_limit(self) -> ServiceError:
+        limit = self.settings.max_groups_per_user
+        return ServiceError(ErrorCode.CAPACITY, f"You can be in at most {limit} groups at once.", limit=limit)
+
+    # ---- joining and leaving -------------------------------------------------------------
+    async def on_join_group(self, conn: Conn, frame: dict[str, Any]) -> None:
+        user, gid = conn.user, _group_id(frame)
+        joined = await self._try_join(gid, user.id, user.name, user.role, wait=True, facilitator=user.facilitator)
+        if joined is None:
+            raise self._at_limit()
+        if joined.status == "waitlisted":
+            raise ServiceError(ErrorCode.GROUP_FULL, "This group is full; you are on its waitlist.",
+                               group_id=gid, waitlist_position=joined.position)
+        if joined.status == "member":
+            g = await self._record(gid)
+            await self.hub.publish_users([(user.id, await self._joined_frame(g, user.id))])
+            return
+        await self._welcome_joiner(gid, user.id)
+
+    async def on_leave_group(self, conn: Conn, frame: dict[str, Any]) -> None:
+        gid = _group_id(frame)
+        try:
+            left = await self.store.leave(gid, conn.user.id)
+        except ServiceError as exc:
+            if exc.code == ErrorCode.NOT_FOUND:
+                raise _forbidden(group_id=gid) from None
+            raise
+        if left.was == "none":
+            raise _forbidden(group_id=gid)
+        if left.was == "waitlisted":
+            await self.hub.publish_users([(conn.user.id, {"type": "left", "group_id": gid, "waitlisted": True})])
+            return
+        await self._departed(gid, conn.user.id, left.name, left.promoted, {"type": "left", "group_id": gid})
+
+    # ---- facilitator tools -----------------------------------------------------------------
+    def _lead(self, conn: Conn) -> tuple[str, bool]:
+        user = conn.user
+        if user.role != "moderator" and not user.facilitator:
+            raise _forbidden("Only facilitators and moderators may do that.")
+        return user.id, user.role == "moderator"
+
+    async def _admin(self, conn: Conn, gid: str, op: str, arg: str = "", extra: str | int = "") -> list[str]:
+        actor, is_mod = self._lead(conn)
+        try:
+            return await self.store.admin(gid, op, actor=actor, actor_is_moderator=is_mod, arg=arg, extra=extra)
+        except ServiceError as exc:
+            if exc.code == ErrorCode.NOT_FOUND and exc.message.startswith("There is no such group") and not is_mod:
+                raise _forbidden(group_id=gid) from None     # only moderators may learn whether a group exists
+            raise
+
+    def _done(self, conn: Conn, ref: str, gid: str, **data: Any) -> None:
+        conn.push(orjson.dumps({"type": "done", "ref": ref, "group_id": gid, **data}).decode())
+
+    async def on_mute_member(self, conn: Conn, frame: dict[str, Any]) -> None:
+        gid, name, minutes = _group_id(frame), frame["name"], frame["minutes"]
+        if not 0 <= minutes <= MAX_MINUTES:
+            raise ServiceError(ErrorCode.BAD_FRAME, f"'minutes' must be 0 to {MAX_MINUTES}.", field="minutes")
+        target, until = await self._admin(conn, gid, "mute", name, minutes)
+        await self._audit(conn, audit.GROUP_MUTE, gid, detail=f"{name}: {minutes} min", target=target)
+        g = await self._record(gid)
+        await self._tell_members(g, {"type": "member_muted", "group_id": gid, "name": name, "until": int(until)})
+        self._done(conn, "mute_member", gid, name=name, until=int(until))
+
+    async def on_remove_member(self, conn: Conn, frame: dict[str, Any]) -> None:
+        gid, name = _group_id(frame), frame["name"]
+        reason = (frame.get("reason") or "")[:MAX_REASON]
+        actor, is_mod = self._lead(conn)
+        try:
+            left = await self.store.leave(gid, name, mode="remove", actor=actor, actor_is_moderator=is_mod)
+        except ServiceError as exc:
+            if exc.code == ErrorCode.NOT_FOUND and exc.message.startswith("There is no such group") and not is_mod:
+                raise _forbidden(group_id=gid) from None
+            raise
+        await self._audit(conn, audit.GROUP_REMOVE, gid, detail=f"{name}: {reason}", target=left.uid)
+        await self._departed(gid, left.uid, name, left.promoted, {"type": "removed", "group_id": gid})
+        self._done(conn, "remove_member", gid, name=name)
+
+    async def on_readmit_member(self, conn: Conn, frame: dict[str, Any]) -> None:
+        gid, name = _group_id(frame), frame["name"]
+        if conn.user.role != "moderator":
+            raise _forbidden("Only moderators may let someone back in.")
+        (target,) = await self._admin(conn, gid, "readmit", name)
+        await self._audit(conn, audit.GROUP_READMIT, gid, detail=name, target=target)
+        self._done(conn, "readmit_member", gid, name=name)
+
+    async def on_pin(self, conn: Conn, frame: dict[str, Any]) -> None:
+        gid, text = _group_id(frame), frame["text"]
+        if len(text) > MAX_PIN:
+            raise ServiceError(ErrorCode.TOO_LARGE, f"A pinned message is at most {MAX_PIN} characters.")
+        g = await self.store.record(gid)
+        me = g.member(conn.user.id) if g else None
+        await self._admin(conn, gid, "pin", text.strip(), me.name if me else conn.user.name)
+        await self._audit(conn, audit.GROUP_PIN, gid, detail=text.strip())
+        g = await self._record(gid)
+        await self._tell_members(g, {"type": "pinned", "group_id": gid, "pinned": g.pinned})
+        self._done(conn, "pin", gid)
+
+    async def on_close_group(self, conn: Conn, frame: dict[str, Any]) -> None:
+        gid = _group_id(frame)
+        await self.close(conn, gid, reason=(frame.get("reason") or "")[:MAX_REASON])
+        self._done(conn, "close_group", gid)
+
+    async def close(self, conn: Conn, gid: str, *, reason: str = "") -> bool:
+        """Close a group (also a moderator's ``moderator_end`` of one); True if it closed now."""
+        (changed,) = await self._admin(conn, gid, "close")
+        g = await self._record(gid)
+        if changed == "1":
+            await self.store.closed(g)
+            await self._audit(conn, audit.GROUP_CLOSE, gid, detail=reason)
+            await self._tell_members(g, {"type": "group_closed", "group_id": gid})
+            await self.hub.publish_watchers(gid, {"type": "ended", "conversation_id": gid, "by": conn.user.role})
+        return changed == "1"
+
+    # ---- inside the conversation ----------------------------------------------------------
+    async def typing(self, gid: str, uid: str, frame: dict[str, Any]) -> None:
+        members = await self.store.members(gid)
+        await self.hub.publish_users([(m.uid, frame) for m in members if m.uid != uid])
+
+    async def moderator_view(self, gid: str) -> list[dict[str, Any]]:
+        """What a moderator watching a group sees of its members (ids included: moderators act on them)."""
+        return [{"name": m.name, "role": m.role, "facilitator": m.facilitator, "user_id": m.uid}
+                for m in await self.store.members(gid)]
