@@ -42,11 +42,12 @@ class Member:
     role: str
     facilitator: bool
     joined_seq: int
+    order: int = 0          # the how-manieth join of the group: members are listed in this order
 
     @classmethod
     def parse(cls, uid: str, record: str) -> Member:
-        name, role, fac, seq = [*record.split(US), "", "", "0", "0"][:4]
-        return cls(uid, name, role, fac == "1", int(seq or 0))
+        name, role, fac, seq, order = [*record.split(US), "", "", "0", "0", "0"][:5]
+        return cls(uid, name, role, fac == "1", int(seq or 0), int(order or 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +218,7 @@ class GroupStore:
     # ---- reading ------------------------------------------------------------------------
     async def members(self, gid: str) -> list[Member]:
         raw = await self.redis.hgetall(self.keys.group_members(gid))
-        return sorted((Member.parse(_s(u), _s(r)) for u, r in raw.items()), key=lambda m: m.joined_seq)
+        return sorted((Member.parse(_s(u), _s(r)) for u, r in raw.items()), key=lambda m: m.order)
 
     async def member(self, gid: str, uid: str) -> Member | None:
         raw = await self.redis.hget(self.keys.group_members(gid), uid)
@@ -239,7 +240,7 @@ class GroupStore:
             if meta.get("kind") != "group":
                 continue
             members = sorted((Member.parse(_s(u), _s(r)) for u, r in raw[2 * i + 1].items()),
-                             key=lambda m: m.joined_seq)
+                             key=lambda m: m.order)
             pinned = ({"text": meta["pinned_text"], "by": meta.get("pinned_by", ""),
                        "ts": int(meta.get("pinned_ts") or 0)} if meta.get("pinned_text") else None)
             out.append(GroupRecord(

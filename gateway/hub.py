@@ -147,6 +147,10 @@ class Hub:
         """Each frame to every connection of its user, on every gateway; one round trip for all."""
         if not frames:
             return
+        if self.shards is not None:     # a cluster client routes PUBLISH one by one (any node serves it)
+            await asyncio.gather(*(self.redis.publish(self.keys.user_channel(uid), orjson.dumps(frame))
+                                   for uid, frame in frames))
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
             for uid, frame in frames:
                 pipe.publish(self.keys.user_channel(uid), orjson.dumps(frame))

@@ -23,6 +23,7 @@ from chat.retention import Retention
 from chat.store import Appended, ChatStore, SendLimit, message_frame
 from chat.textnorm import is_blank
 from core.errors import ErrorCode, ServiceError, Unauthorized, unavailable
+from core.keys import GROUP_ID_PREFIX
 from gateway import metrics
 from gateway.auth import Identity, verify_token
 from gateway.connection import Conn
@@ -249,7 +250,16 @@ class Service:
         role = next(iter(conns)).user.role
         state = await self.match.user_state(uid, role)
         offers = await self.match.pending_offers(uid) if role == "survivor" else []
+        groups = {g["conversation_id"]: g for g in await self.groups.session_groups(uid)} if role != "moderator" else {}
         for conn in list(conns):
+            for cid in [c for c in conn.delivered if c.startswith(GROUP_ID_PREFIX) and c not in groups
+                        and c not in conn.watching]:
+                conn.delivered.pop(cid, None)       # left or removed while the link was down
+            for cid, g in groups.items():
+                if cid not in conn.delivered:       # joined (or moved up from a waitlist) meanwhile
+                    self.hub.epochs[cid] = g["epoch"]
+                    conn.delivered[cid] = g["joined_seq"]
+                    self.hub.fill(conn, cid)
             for conv in state["conversations"]:
                 cid = conv["conversation_id"]
                 if cid not in conn.delivered:

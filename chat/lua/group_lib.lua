@@ -1,6 +1,6 @@
 -- group_lib.lua: shared by the group scripts (group_join, group_leave, group_admin).  Everything a group
 -- holds lives in its own slot ({c:ID}): the meta hash (kind 'group', state, capacity, seq, pinned_*),
--- members (uid -> "name<US>role<US>facilitator(0|1)<US>seq when they joined"), names (name -> uid, so a
+-- members (uid -> "name<US>role<US>facilitator(0|1)<US>seq when they joined<US>join number"), names (name -> uid, so a
 -- name is unique in the group), the waitlist (zset uid -> ticket) with its records (waiting: uid ->
 -- "name<US>role<US>facilitator"), mutes (uid -> until, ms) and removals (uid -> the name they had).
 local US = '\31'
@@ -31,8 +31,9 @@ end
 local function admit(meta_key, members_key, names_key, uid, name, role, fac)
   local given = unique_name(names_key, name, uid)
   local seq = redis.call('HGET', meta_key, 'seq') or '0'
+  local order = redis.call('HINCRBY', meta_key, 'joins', 1)      -- members are listed in the order they joined
   redis.call('HSET', names_key, given, uid)
-  redis.call('HSET', members_key, uid, given .. US .. role .. US .. fac .. US .. seq)
+  redis.call('HSET', members_key, uid, given .. US .. role .. US .. fac .. US .. seq .. US .. order)
   return given
 end
 

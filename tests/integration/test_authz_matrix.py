@@ -87,8 +87,14 @@ HTTP_MATRIX: dict[tuple[str, str], tuple[int, ...]] = {
 }
 
 
+# the group frames (issue 12) have their own matrix, of roles x members and non-members of a group:
+# tests/integration/test_groups_authz.py
+GROUP_FRAMES = {"create_group", "list_groups", "find_group", "cancel_find_group", "join_group", "leave_group",
+                "mute_member", "remove_member", "readmit_member", "pin", "close_group"}
+
+
 def test_the_matrix_covers_every_frame_type():
-    assert set(MATRIX) == set(FRAMES)
+    assert set(MATRIX) | GROUP_FRAMES == set(FRAMES) and not set(MATRIX) & GROUP_FRAMES
     assert all(len(row) == len(ROLES) for row in (*MATRIX.values(), *HTTP_MATRIX.values()))
 
 

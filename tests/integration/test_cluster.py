@@ -20,6 +20,7 @@ import pytest
 from chat import audit
 from chat.erasure import erase_user
 from chat.flags import FlagStore
+from chat.groups import GroupStore, NewGroup
 from chat.retention import purge_expired
 from chat.store import ChatStore
 from core.keys import Keys
@@ -64,10 +65,10 @@ EXERCISED_SCRIPTS = {
     "matcher": {"availability", "request", "cancel", "respond", "presence", "tick", "end", "suspend", "forget",
                 "widen", "later", "contact", "again", "wait"},
     "chat": {"open", "append", "append_rate", "end", "feedback", "erase", "flag_create", "flag_ack",
-             "flag_resolve"},
+             "flag_resolve", "group_open", "group_join", "group_leave", "group_admin", "group_reserve"},
     "gateway": {"lease"},
 }
-LIBRARIES = {"lib", "append_bucket"}
+LIBRARIES = {"lib", "append_bucket", "group_lib"}
 
 
 def test_the_slot_test_below_knows_every_script():
@@ -137,6 +138,27 @@ async def test_every_script_and_transaction_keeps_to_one_slot(cluster, prefix):
             assert appended.seq == i + 1
         assert [m.seq for m in await chat.read_after(cid, 1)] == [2, 3]
 
+        # groups: the capacity and waitlist scripts in the group's slot, the per-user count in {ctl}
+        groups = GroupStore(redis, keys, max_groups_per_user=5)
+        gid = await groups.create(NewGroup("diagnosis", "breast", "en", "Circle", "", 3, None),
+                                  uid="fac1", name="Robin", role="survivor", facilitator=True)
+        for uid in ("pt1", "pt4", "pt5"):
+            assert await groups.reserve(uid, gid) == 1
+            await groups.join(gid, uid=uid, name="Pat", role="patient", facilitator=False)
+        assert [m.name for m in await groups.members(gid)] == ["Robin", "Pat", "Pat 2"]
+        assert (await groups.waitlist_positions([gid], "pt5")) == [1]
+        await chat.append(gid, sender_id="pt1", name="Pat", role="patient", client_id="g1", text="hi all", shown="")
+        assert (await groups.admin(gid, "mute", actor="fac1", actor_is_moderator=False, arg="Pat", extra=5))[0] == "pt1"
+        await groups.admin(gid, "pin", actor="fac1", actor_is_moderator=False, arg="Be kind", extra="Robin")
+        left = await groups.leave(gid, "Pat 2", mode="remove", actor="fac1")
+        assert left.uid == "pt4" and [m.uid for m in left.promoted] == ["pt5"]
+        await groups.admin(gid, "readmit", actor="mod1", actor_is_moderator=True, arg="Pat 2")
+        assert await groups.of_user("pt5") == [gid] and await groups.online(["fac1"]) == set()
+        assert (await groups.admin(gid, "close", actor="fac1", actor_is_moderator=False)) == ["1"]
+        record = await groups.record(gid)
+        assert record is not None and record.state == "closed"
+        await groups.closed(record)
+
         # flags and audit: {ctl} scripts that also write the audit stream
         raised = await flags.raise_flags(cid, 3, [("crisis", "high")], "hello 2")
         assert await flags.acknowledge(cid, "mod1") == 1
@@ -152,7 +174,7 @@ async def test_every_script_and_transaction_keeps_to_one_slot(cluster, prefix):
 
         # erasure: a script per conversation, a MULTI on {ctl}, and an AOF rewrite on every node
         await redis.sadd(keys.user_history("pt1"), cid)
-        assert await erase_user(redis, keys, chat, "pt1", aof_wait_s=10) == 3
+        assert await erase_user(redis, keys, chat, "pt1", aof_wait_s=10) == 4      # 3 here, 1 in the group
         assert {m.text for m in await chat.read_after(cid, 0)} == {""}
 
         # retention: a DEL per conversation slot, then a MULTI on {ctl}
@@ -269,6 +291,44 @@ async def test_two_gateways_match_chat_resume_on_the_cluster(cluster_gateways):
     assert report.ok(), report.summary()
     await back.close()
     await pair.survivor.close()
+
+
+async def test_a_group_on_two_gateways_on_the_cluster(cluster_gateways):
+    """Groups on a Cluster: joins through both gateways, a message from each reaches every member in
+    order on both (the append SPUBLISHes once to the group's shard channel), presence and a waitlist
+    move-up announced across gateways, and a member who leaves stops receiving."""
+    g1, g2 = cluster_gateways(2)
+    fac = await Client.connect(g1.ws_url, token("survivor", name="Robin", facilitator=True))
+    await fac.send({"type": "create_group", "topic": {"kind": "diagnosis", "code": "breast"}, "language": "en",
+                    "title": "Circle", "capacity": 3})
+    gid = (await fac.expect("group"))["group"]["group_id"]
+    a = await Client.connect(g2.ws_url, token("patient", name="Ana"))
+    b = await Client.connect(g1.ws_url, token("patient", name="Bea"))
+    c = await Client.connect(g2.ws_url, token("survivor", name="Cy"))
+    for member in (a, b):
+        await member.send({"type": "join_group", "group_id": gid})
+        await member.expect("joined")
+    await c.send({"type": "join_group", "group_id": gid})
+    assert (await c.expect("error"))["waitlist_position"] == 1
+    await fac.expect("presence", online=["Robin", "Ana", "Bea"])
+    for i, sender in enumerate((a, b, fac, a)):
+        await sender.send(send_frame(gid, f"g{i}", f"text {i}"))
+    seen = []
+    for member in (fac, a, b):
+        await wait_for(lambda m=member: len(messages(m.frames, gid)) >= 4, 10, "every message at every member")
+        seen.append(messages(member.frames, gid))
+    assert [seq for seq, _ in seen[0]] == [1, 2, 3, 4] and {c for _, c in seen[0]} == {"g0", "g1", "g2", "g3"}
+    assert seen[1] == seen[0] and seen[2] == seen[0], "every member, on either gateway, in the same order"
+    await b.send({"type": "leave_group", "group_id": gid})
+    await b.expect("left")
+    joined = await c.expect("joined")
+    assert joined["seq"] == 4 and [m["name"] for m in joined["members"]] == ["Robin", "Ana", "Cy"]
+    await a.send(send_frame(gid, "g4", "welcome Cy"))
+    await wait_for(lambda: messages(c.frames, gid) == [(5, "g4")], 10, "the new member's first message")
+    await asyncio.sleep(0.3)
+    assert len(messages(b.frames, gid)) == 4, "a member who left receives nothing more"
+    for client in (fac, a, b, c):
+        await client.close()
 
 
 async def test_a_crisis_message_reaches_a_moderator_on_the_other_gateway(cluster_gateways):

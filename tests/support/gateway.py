@@ -97,11 +97,13 @@ class GatewayProcess(ChildProcess):
 
 
 
-def token(role: str, sub: str | None = None, name: str | None = None, ttl: float = 3600) -> str:
+def token(role: str, sub: str | None = None, name: str | None = None, ttl: float = 3600, *,
+          facilitator: bool = False) -> str:
+    """A signed token; ``facilitator=True`` adds the claim ``"facilitator": true`` (a group facilitator)."""
     from gateway.auth import issue_token
 
     sub = sub or f"{role}-{uuid.uuid4().hex[:8]}"
-    return issue_token(SECRET, sub=sub, role=role, name=name or sub, ttl_s=ttl)
+    return issue_token(SECRET, sub=sub, role=role, name=name or sub, ttl_s=ttl, facilitator=facilitator)
 
 
 class Client:
