@@ -125,21 +125,21 @@ class GroupStore:
                 k.group_waiting(gid), k.group_removed(gid), k.group_muted(gid)]
 
     # ---- lifecycle ----------------------------------------------------------------------
-    async def create(self, spec: NewGroup, *, uid: str, name: str, role: str, facilitator: bool) -> str:
-        """Create a group with its creator as a member (and counted in their groups)."""
-        gid = GROUP_ID_PREFIX + secrets.token_hex(8)
+    @staticmethod
+    def new_id() -> str:
+        return GROUP_ID_PREFIX + secrets.token_hex(8)
+
+    async def create(self, gid: str, spec: NewGroup, *, uid: str, name: str, role: str, facilitator: bool,
+                     member: bool = True) -> None:
+        """Create a group; its creator is its first member unless ``member`` is false (a moderator leads it
+        from outside).  A member creator must have been counted first (:meth:`reserve` of ``gid``)."""
         schedule = orjson.dumps(spec.schedule).decode() if spec.schedule else ""
         k = self.keys
         created = await self.scripts.run(
             "group_open", [k.conv_meta(gid), k.group_members(gid), k.group_names(gid)],
             ["e" + secrets.token_hex(6), spec.title, spec.description, spec.kind, spec.code, spec.language,
-             spec.capacity, schedule, uid, name, role, "1" if facilitator else "0"])
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(k.group_index(spec.kind, spec.code), {gid: int(created)})
-            pipe.sadd(k.user_groups(uid), gid)
-            pipe.sadd(k.user_history(uid), gid)
-            await pipe.execute()
-        return gid
+             spec.capacity, schedule, uid if member else "", name, role, "1" if facilitator else "0"])
+        await self.redis.zadd(k.group_index(spec.kind, spec.code), {gid: int(created)})
 
     async def reserve(self, uid: str, gid: str) -> int:
         """Count ``gid`` against ``uid``'s limit: 2 counted already, 1 counted now, 0 at the limit."""
@@ -203,8 +203,9 @@ class GroupStore:
             [op, actor, "1" if actor_is_moderator else "0", arg, extra])
         return [_s(x) for x in res]
 
-    async def closed(self, record: GroupRecord) -> None:
-        """After a close: out of the index, off the members' counts, onto the retention work list."""
+    async def closed(self, record: GroupRecord) -> list[str]:
+        """After a close: out of the index, off the members' and waitlist's counts, onto the retention
+        work list.  Returns who was on the waitlist."""
         k = self.keys
         now = (await self.redis.time())[0]
         waiting = [_s(u) for u in await self.redis.zrange(k.group_waitlist(record.group_id), 0, -1)]
@@ -214,6 +215,7 @@ class GroupStore:
                 pipe.srem(k.user_groups(uid), record.group_id)
             pipe.zadd(k.ended, {record.group_id: int(now)})
             await pipe.execute()
+        return waiting
 
     # ---- reading ------------------------------------------------------------------------
     async def members(self, gid: str) -> list[Member]:

@@ -180,15 +180,19 @@ class Groups:
         if user.role != "moderator" and not user.facilitator:
             raise _forbidden("Only facilitators and moderators create groups.")
         spec = parse_group_spec(frame, self.vocabulary)
-        gid = await self.store.create(
-            NewGroup(spec.kind, spec.code, spec.language, spec.title, spec.description, spec.capacity,
-                     spec.schedule.as_json() if spec.schedule else None),
-            uid=user.id, name=user.name, role=user.role, facilitator=True)
+        facilitator = user.role != "moderator"      # a moderator leads from outside, without being a member
+        gid = self.store.new_id()
+        if facilitator and await self.store.reserve(user.id, gid) == 0:
+            raise self._at_limit()
+        await self.store.create(
+            gid, NewGroup(spec.kind, spec.code, spec.language, spec.title, spec.description, spec.capacity,
+                          spec.schedule.as_json() if spec.schedule else None),
+            uid=user.id, name=user.name, role=user.role, facilitator=True, member=facilitator)
         g = await self._record(gid)
         await self._audit(conn, audit.GROUP_CREATE, gid, detail=spec.title)
         conn.push(orjson.dumps({"type": "group", "group": self._summary(g, user.id, datetime.now(UTC))}).decode())
-        # then ``joined`` on every connection of the creator, as for any member: it starts their following
-        await self.hub.publish_users([(user.id, await self._joined_frame(g, user.id))])
+        if facilitator:     # then ``joined`` on every connection, as for any member: it starts their following
+            await self.hub.publish_users([(user.id, await self._joined_frame(g, user.id))])
         await self._serve_seekers(g)
 
     async def _serve_seekers(self, g: GroupRecord) -> None:
@@ -386,9 +390,10 @@ class Groups:
         (changed,) = await self._admin(conn, gid, "close")
         g = await self._record(gid)
         if changed == "1":
-            await self.store.closed(g)
+            waiting = await self.store.closed(g)
             await self._audit(conn, audit.GROUP_CLOSE, gid, detail=reason)
-            await self._tell_members(g, {"type": "group_closed", "group_id": gid})
+            closed = {"type": "group_closed", "group_id": gid}
+            await self.hub.publish_users([(m.uid, closed) for m in g.members] + [(u, closed) for u in waiting])
             await self.hub.publish_watchers(gid, {"type": "ended", "conversation_id": gid, "by": conn.user.role})
         return changed == "1"
 

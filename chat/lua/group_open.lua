@@ -1,5 +1,6 @@
 --! include group_lib.lua
--- group_open.lua: create a group (a conversation of kind 'group') with its creator as its first member.
+-- group_open.lua: create a group (a conversation of kind 'group') with its creator as its first member
+-- (a facilitator; a moderator who creates one leads it from outside and is not a member: ARGV[9] "").
 -- KEYS[1] meta hash  KEYS[2] members hash  KEYS[3] names hash   (all of the group's {c:ID} slot)
 -- ARGV[1] epoch  ARGV[2] title  ARGV[3] description  ARGV[4] topic kind  ARGV[5] topic code  ARGV[6] language
 -- ARGV[7] capacity  ARGV[8] schedule (JSON, or "")  ARGV[9] creator id  ARGV[10] creator name
@@ -13,5 +14,5 @@ redis.call('HSET', KEYS[1], 'kind', 'group', 'epoch', ARGV[1], 'seq', 0, 'state'
            'created', string.format('%d', now), 'ended_at', '', 'ended_by', '', 'patient', '', 'survivor', '',
            'title', ARGV[2], 'description', ARGV[3], 'topic_kind', ARGV[4], 'topic_code', ARGV[5],
            'language', ARGV[6], 'capacity', ARGV[7], 'schedule', ARGV[8], 'creator', ARGV[9], 'wl_ticket', 0)
-admit(KEYS[1], KEYS[2], KEYS[3], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
+if ARGV[9] ~= '' then admit(KEYS[1], KEYS[2], KEYS[3], ARGV[9], ARGV[10], ARGV[11], ARGV[12]) end
 return now

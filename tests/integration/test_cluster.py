@@ -140,8 +140,10 @@ async def test_every_script_and_transaction_keeps_to_one_slot(cluster, prefix):
 
         # groups: the capacity and waitlist scripts in the group's slot, the per-user count in {ctl}
         groups = GroupStore(redis, keys, max_groups_per_user=5)
-        gid = await groups.create(NewGroup("diagnosis", "breast", "en", "Circle", "", 3, None),
-                                  uid="fac1", name="Robin", role="survivor", facilitator=True)
+        gid = groups.new_id()
+        assert await groups.reserve("fac1", gid) == 1
+        await groups.create(gid, NewGroup("diagnosis", "breast", "en", "Circle", "", 3, None),
+                            uid="fac1", name="Robin", role="survivor", facilitator=True)
         for uid in ("pt1", "pt4", "pt5"):
             assert await groups.reserve(uid, gid) == 1
             await groups.join(gid, uid=uid, name="Pat", role="patient", facilitator=False)
