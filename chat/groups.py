@@ -285,6 +285,15 @@ class GroupStore:
             member = await pipe.execute()
         return [g for g, m in zip(gids, member, strict=True) if m or g in current]
 
+    async def current(self, uid: str) -> tuple[list[str], bool]:
+        """The open groups a user is in or waiting for, and whether they wait for a group (find_group)."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(k.user_groups(uid))
+            pipe.zscore(k.group_seekers, uid)
+            gids, since = await pipe.execute()
+        return sorted(_s(g) for g in gids), since is not None
+
     async def online(self, uids: list[str]) -> set[str]:
         """Those with a live connection on any gateway (the matcher's presence registry)."""
         if not uids:

@@ -165,12 +165,14 @@ class Groups:
 
     async def session_changed(self, uid: str, online: bool) -> None:
         """A user's connection came, or their last one here went: tell their groups who is online; a
-        user with no connection left anywhere stops waiting for a group (find_group)."""
+        user with no connection left anywhere stops waiting for a group (find_group).  Two round trips
+        for a user in no group and waiting for none: this runs for every session that ends."""
         try:
-            if not online and not await self.store.online([uid]):
+            gids, seeking = await self.store.current(uid)
+            if not online and seeking and not await self.store.online([uid]):
                 await self.store.unseek(uid)
-            await self.announce_presence([g["group_id"] for g in await self.session_groups(uid)
-                                          if g["state"] == "open"])
+            if gids:
+                await self.announce_presence(gids)
         except Exception as exc:      # a hint: the next change corrects it
             log.debug("presence not announced: %s", type(exc).__name__)
 
