@@ -45,6 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from chat.groups import Member
 from core.errors import ErrorCode, ServiceError, unavailable
 from core.keys import Keys
 from core.scripts import ScriptSet, as_service_error
@@ -319,6 +320,11 @@ class ChatStore:
             created=int(f.get("created") or 0), ended_at=int(f.get("ended_at") or 0),
             kind=f.get("kind") or "pair",
         )
+
+    async def reader_floor(self, cid: str, uid: str) -> int:
+        """The seq a group member joined at (they read only what came after it); 0 for anyone else."""
+        record = await self.redis.hget(self.keys.group_members(cid), uid)
+        return Member.parse(uid, _s(record)).joined_seq if record is not None else 0
 
     async def append(self, cid: str, *, sender_id: str, name: str, role: str, client_id: str,
                      text: str, shown: str, flags: str = "", limit: SendLimit | None = None) -> Appended:

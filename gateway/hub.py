@@ -263,7 +263,8 @@ class Hub:
                                     "conversation_id": cid, "reason": "log_behind",
                                     "message": "This conversation's history could not be kept as you saw it; "
                                                "reload the transcript."}).decode())
-            conn.delivered[cid] = 0
+            # from seq 1, or for a group member from the seq they joined at (they never read before it)
+            conn.delivered[cid] = await self.chat.reader_floor(cid, conn.user.id) if meta.group else 0
 
     async def _fill_from_log(self, conn: Conn, cid: str) -> None:
         moderator_view = conn.user.role == "moderator"

@@ -198,7 +198,6 @@ class Service:
             self.hub.epochs[cid] = conv["epoch"]
             if cid in resume:
                 seq, epoch = resume.pop(cid)
-                seq = max(seq, floor)
                 if epoch is not None and epoch != conv["epoch"]:
                     failed.append({"conversation_id": cid, "reason": "epoch_changed"})
                     seq = 0
@@ -207,7 +206,7 @@ class Service:
                     # writes): never hand those seqs out again as if nothing happened
                     failed.append({"conversation_id": cid, "reason": "log_behind"})
                     seq = 0
-                conn.delivered[cid] = seq
+                conn.delivered[cid] = max(seq, floor)      # a rebuilt log too: never before the join
             else:
                 conn.delivered[cid] = max(conv["last_seq"], floor)
         # resumed conversations that are not open for this user: ended ones may still be read
