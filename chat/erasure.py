@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 from redis.exceptions import ResponseError
 
 from chat.flags import forget_author
-from chat.groups import GroupStore
+from chat.groups import GroupStore, Left
 from chat.store import DELETED_NAME, ChatStore
 from core.keys import Keys
 from core.redis_client import RedisClient
@@ -68,10 +69,12 @@ async def mark_erased(redis: RedisClient, keys: Keys, uid: str) -> float:
 
 
 async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str, *, mark: bool = True,
-                     compact_aof: bool = True, aof_wait_s: float = 60.0) -> int:
+                     compact_aof: bool = True, aof_wait_s: float = 60.0,
+                     on_group_left: Callable[[str, Left], Awaitable[None]] | None = None) -> int:
     """Erase ``uid``'s messages from every conversation they were in; return how many were erased.
     ``mark=False``: the caller ran :func:`mark_erased` already (``aftertalk erase-user`` does, before
-    taking the user out of matching)."""
+    taking the user out of matching).  ``on_group_left(group id, left)``: told of each group the user
+    was a member of, after they left it (``aftertalk erase-user`` tells the other members)."""
     if mark:
         await mark_erased(redis, keys, uid)
     erased = 0
@@ -80,7 +83,10 @@ async def erase_user(redis: RedisClient, keys: Keys, store: ChatStore, uid: str,
     own = [keys.send_bucket(uid), keys.user_leases(uid)]
     groups = GroupStore(redis, keys, max_groups_per_user=0)
     for raw in await redis.smembers(keys.user_groups(uid)):     # out of every group and waitlist first
-        await groups.leave(raw.decode() if isinstance(raw, bytes) else raw, uid, mode="erase")
+        gid = raw.decode() if isinstance(raw, bytes) else raw
+        left = await groups.leave(gid, uid, mode="erase")
+        if on_group_left is not None and left.was == "member":
+            await on_group_left(gid, left)          # the others are told, and whoever moved up joins
     await groups.unseek(uid)
     for raw in await redis.smembers(keys.user_history(uid)):
         cid = raw.decode() if isinstance(raw, bytes) else raw

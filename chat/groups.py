@@ -320,9 +320,9 @@ class GroupStore:
     # ---- people waiting for a group (find_group) ----------------------------------------
     async def seek(self, uid: str, profile: dict[str, Any]) -> None:
         k = self.keys
-        now = (await self.redis.time())[0]
+        sec, usec = await self.redis.time()     # in microseconds: people are served in the order they came
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(k.group_seekers, {uid: int(now)}, nx=True)
+            pipe.zadd(k.group_seekers, {uid: int(sec) * 1_000_000 + int(usec)}, nx=True)
             pipe.hset(k.group_seeker_profiles, uid, orjson.dumps(profile))
             await pipe.execute()
 

@@ -271,7 +271,7 @@ class Keys:
         return f"{self.ctl}ug:{uid}"              # the group's own slot is the truth, this is its index)
 
     @property
-    def group_seekers(self) -> str:               # zset uid -> since: people waiting for a fitting group
+    def group_seekers(self) -> str:               # zset uid -> since (µs): people waiting for a fitting group
         return f"{self.ctl}gseek"
 
     @property

@@ -213,6 +213,21 @@ def _store_command(args: argparse.Namespace) -> int:
     return asyncio.run(_run_store_command(args, settings))
 
 
+def _groups_for_erasure(redis: Any, keys: Any, settings: Settings) -> Any:
+    """The groups service as erase-user needs it: to tell a group's members that an erased member
+    left, and whoever moved up from its waitlist that they joined (pub/sub only; nothing is run)."""
+    from chat.audit import AuditLog
+    from chat.groups import GroupStore
+    from chat.store import ChatStore
+    from gateway.groups import Groups
+    from gateway.hub import Hub
+    from matcher.vocabulary import load_vocabulary
+
+    store = GroupStore(redis, keys, max_groups_per_user=settings.max_groups_per_user)
+    return Groups(settings, store=store, hub=Hub(redis, keys, ChatStore(redis, keys)), audit_log=AuditLog(redis, keys),
+                  vocabulary=load_vocabulary())
+
+
 async def _run_store_command(args: argparse.Namespace, settings: Settings) -> int:
     from core.keys import Keys
     from core.redis_client import make_redis
@@ -230,7 +245,9 @@ async def _run_store_command(args: argparse.Namespace, settings: Settings) -> in
             # then out of matching (requests and offers withdrawn, unindexed): a survivor whose record
             # erasure deletes must not be left in the match indexes for the next talk-now to find
             await MatchStore(redis, keys, MatcherConfig()).forget(args.user_id)
-            count = await erase_user(redis, keys, ChatStore(redis, keys), args.user_id, mark=False)
+            groups = _groups_for_erasure(redis, keys, settings)
+            count = await erase_user(redis, keys, ChatStore(redis, keys), args.user_id, mark=False,
+                                     on_group_left=groups.after_erasure)
             print(f"erased user {args.user_id}: {count} messages")
         elif args.command == "export-labels":
             from chat.labels import export_labels

@@ -19,7 +19,7 @@ import orjson
 
 from chat import audit
 from chat.audit import AuditLog
-from chat.groups import GroupRecord, GroupStore, Joined, Member, NewGroup
+from chat.groups import GroupRecord, GroupStore, Joined, Left, Member, NewGroup
 from core.errors import ErrorCode, ServiceError
 from gateway.connection import Conn
 from gateway.dispatch import Handler
@@ -43,8 +43,20 @@ MAX_MINUTES = 1440
 MAX_REASON = 500
 
 
-def _forbidden(message: str = "You are not part of that group.", **data: Any) -> ServiceError:
+NO_SUCH_GROUP, NOT_PART = "There is no such group.", "You are not part of that group."   # as chat/lua/group_*.lua
+
+
+def _forbidden(message: str = NOT_PART, **data: Any) -> ServiceError:
     return ServiceError(ErrorCode.FORBIDDEN, message, **data)
+
+
+def _unless_leading(exc: ServiceError, gid: str, is_moderator: bool) -> ServiceError:
+    """A facilitator who does not lead this group learns nothing from a refusal: an unknown group and
+    someone else's group get the same ``forbidden`` (moderators, who may act in any group, are told
+    ``not_found``)."""
+    if is_moderator or exc.message not in (NO_SUCH_GROUP, NOT_PART):
+        return exc
+    return _forbidden(group_id=gid)
 
 
 def _group_id(frame: dict[str, Any]) -> str:
@@ -146,6 +158,11 @@ class Groups:
             await self._welcome_joiner(gid, m.uid)
         if g is not None and not promoted:
             await self.announce_presence([gid])
+
+    async def after_erasure(self, gid: str, left: Left) -> None:
+        """An erased member left (``aftertalk erase-user``): the others are told, whoever moved up from the
+        waitlist joins.  Their messages stay in the transcript as "Deleted user"."""
+        await self._departed(gid, left.uid, left.name, left.promoted, {"type": "left", "group_id": gid})
 
     async def _audit(self, conn: Conn, action: str, gid: str, detail: str = "", target: str = "") -> None:
         await self.audit_log.record(who=conn.user.id, who_name=conn.user.name, action=action,
@@ -331,9 +348,7 @@ class Groups:
         try:
             return await self.store.admin(gid, op, actor=actor, actor_is_moderator=is_mod, arg=arg, extra=extra)
         except ServiceError as exc:
-            if exc.code == ErrorCode.NOT_FOUND and exc.message.startswith("There is no such group") and not is_mod:
-                raise _forbidden(group_id=gid) from None     # only moderators may learn whether a group exists
-            raise
+            raise _unless_leading(exc, gid, is_mod) from None
 
     def _done(self, conn: Conn, ref: str, gid: str, **data: Any) -> None:
         conn.push(orjson.dumps({"type": "done", "ref": ref, "group_id": gid, **data}).decode())
@@ -355,9 +370,7 @@ class Groups:
         try:
             left = await self.store.leave(gid, name, mode="remove", actor=actor, actor_is_moderator=is_mod)
         except ServiceError as exc:
-            if exc.code == ErrorCode.NOT_FOUND and exc.message.startswith("There is no such group") and not is_mod:
-                raise _forbidden(group_id=gid) from None
-            raise
+            raise _unless_leading(exc, gid, is_mod) from None
         await self._audit(conn, audit.GROUP_REMOVE, gid, detail=f"{name}: {reason}", target=left.uid)
         await self._departed(gid, left.uid, name, left.promoted, {"type": "removed", "group_id": gid})
         self._done(conn, "remove_member", gid, name=name)

@@ -10,6 +10,7 @@ from typing import Any
 from chat.moderation import Moderator
 from chat.textnorm import is_blank
 from core.errors import ErrorCode, ServiceError
+from core.keys import GROUP_ID_PREFIX
 from gateway.connection import Conn
 from gateway.conversations import Conversations
 from gateway.dispatch import Handler
@@ -80,6 +81,9 @@ class Later:
 
     async def on_keep_in_touch(self, conn: Conn, frame: dict[str, Any]) -> None:
         cid = frame["conversation_id"]
+        if cid.startswith(GROUP_ID_PREFIX):
+            raise ServiceError(ErrorCode.BAD_FRAME, "Keeping in touch is for one-on-one conversations.",
+                               conversation_id=cid)
         await self.conversations.participant_meta(cid, conn.user.id)     # forbidden unless a participant
         await self.match.keep_in_touch(conn.user.id, cid)
 

@@ -123,8 +123,10 @@ class Service:
             await asyncio.sleep(0.5)
             n += 1
             try:
-                _, created = await self.match.tick()
+                ticked, created = await self.match.tick()
                 await self.conversations.open_created(created)
+                for uid in ticked.get("offline") or ():     # a dead gateway's users: their groups are told
+                    await self.groups.session_changed(uid, False)
                 if n % 2 == 0:
                     await self._push_positions()
                 if n % 120 == 1:
@@ -438,6 +440,9 @@ class Service:
         conn.push(orjson.dumps({"type": "blocked", "conversation_id": frame["conversation_id"]}).decode())
 
     async def on_feedback(self, conn: Conn, frame: dict[str, Any]) -> None:
+        if frame["conversation_id"].startswith(GROUP_ID_PREFIX):
+            raise ServiceError(ErrorCode.BAD_FRAME, "Feedback is for one-on-one conversations.",
+                               conversation_id=frame["conversation_id"])
         rating, comment = frame["rating"], frame.get("comment") or ""
         if not 1 <= rating <= 5:
             raise ServiceError(ErrorCode.BAD_FRAME, "'rating' must be 1 to 5.", field="rating")

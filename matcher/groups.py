@@ -130,7 +130,7 @@ def next_session(schedule: Schedule | None, now: datetime) -> datetime | None:
 
 
 def iso(at: datetime | None) -> str | None:
-    return at.isoformat(timespec="minutes") if at is not None else None
+    return at.isoformat(timespec="seconds") if at is not None else None
 
 
 @dataclass(frozen=True, slots=True)

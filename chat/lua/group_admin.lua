@@ -14,7 +14,7 @@ if m[1] ~= 'group' then
   return redis.error_reply('AT:not_found:There is no such group.')
 end
 if not may_lead(KEYS[2], actor, is_mod) or (op == 'readmit' and is_mod ~= '1') then
-  return redis.error_reply('AT:forbidden:Only the group\'s facilitators and moderators may do that.')
+  return redis.error_reply('AT:forbidden:You are not part of that group.')
 end
 local now = group_now_ms()
 if op == 'close' then

@@ -18,7 +18,7 @@ end
 local uid = ARGV[1]
 if mode == 'remove' then
   if not may_lead(KEYS[2], ARGV[3], ARGV[4]) then
-    return redis.error_reply('AT:forbidden:Only the group\'s facilitators and moderators may do that.')
+    return redis.error_reply('AT:forbidden:You are not part of that group.')
   end
   uid = redis.call('HGET', KEYS[3], ARGV[1])
   if not uid then

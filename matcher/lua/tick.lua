@@ -6,13 +6,15 @@
 -- the grace period, expires connections whose gateway stopped refreshing them, widens same-diagnosis
 -- requests whose hold-out ended, and returns survivors whose cool-down ended (or whose daily cap
 -- lifted at midnight) to the pool, and expires talk-later requests (later_expired).
--- Returns JSON {expired_offers, dropped, stale_conns, created?}.
+-- Returns JSON {expired_offers, dropped, stale_conns, later_expired, offline?, created?}; offline: the users
+-- whose last connection expired now (a gateway died), so their groups can be told they went offline.
 local batch = tonumber(ARGV[5])
 local expired = redis.call('ZRANGEBYSCORE', KEY.offer_deadlines, '-inf', NOW, 'LIMIT', 0, batch)
 for _, oid in ipairs(expired) do
   if not release_offer(oid, 'timeout') then redis.call('ZREM', KEY.offer_deadlines, oid) end
 end
 local stale = redis.call('ZRANGEBYSCORE', KEY.presence, '-inf', NOW, 'LIMIT', 0, batch)
+local offline = {}
 for _, member in ipairs(stale) do
   local bar = string.find(member, '|', 1, true)
   local uid = string.sub(member, 1, bar - 1)
@@ -20,6 +22,7 @@ for _, member in ipairs(stale) do
   redis.call('SREM', conns, string.sub(member, bar + 1))
   redis.call('ZREM', KEY.presence, member)
   if redis.call('SCARD', conns) == 0 then
+    offline[#offline + 1] = uid
     if redis.call('EXISTS', KEY.survivor(uid)) == 1 then reindex(uid); withdraw_offers(uid) end
     if redis.call('EXISTS', KEY.request(uid)) == 1 and redis.call('ZSCORE', KEY.away, uid) == false then
       redis.call('HSET', KEY.request(uid), 'away', NOW)
@@ -50,4 +53,5 @@ for _, pid in ipairs(lapsed) do
     redis.call('ZREM', KEY.later_deadlines, pid)
   end
 end
-return result({expired_offers = #expired, dropped = #gone, stale_conns = #stale, later_expired = #lapsed})
+return result({expired_offers = #expired, dropped = #gone, stale_conns = #stale, later_expired = #lapsed,
+               offline = #offline > 0 and offline or nil})
