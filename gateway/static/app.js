@@ -61,18 +61,28 @@ async function signIn(notice) {
       return h("div", { class: "role-choice" }, input,
         h("label", { for: input.id }, h("strong", { text: label }), h("span", { class: "hint", text: hint })));
     });
+    // a demo facilitator (a survivor who may create and lead groups): the token then carries the claim
+    const facilitator = h("input", { type: "checkbox", id: "facilitator", "aria-describedby": "facilitator-hint" });
+    const facilitatorRow = h("div", { class: "check facilitator-choice", hidden: true }, facilitator,
+      h("div", {}, h("label", { for: "facilitator", text: t("signin.facilitator") }),
+        h("p", { class: "hint", id: "facilitator-hint", text: t("signin.facilitator.hint") })));
     const form = h("form", { class: "signin-demo" },
       h("fieldset", {}, h("legend", { text: t("signin.who") }), choices),
+      facilitatorRow,
       h("div", { class: "field" }, h("label", { for: "name", text: t("signin.name") }),
         h("p", { class: "hint", id: "name-hint", text: t("signin.name.hint") }), name),
       h("button", { type: "submit", class: "primary", text: t("signin.continue") }),
       h("p", { class: "hint", text: t("signin.demo") }));
     name.setAttribute("aria-describedby", "name-hint");
+    const roleNow = () => form.querySelector("input[name=role]:checked")?.value;
+    form.addEventListener("change", () => { facilitatorRow.hidden = roleNow() !== "survivor"; });
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      const role = form.querySelector("input[name=role]:checked").value;
+      const role = roleNow();
+      const asked = { role, name: name.value.trim(), locale: localeTag() };
+      if (role === "survivor" && facilitator.checked) asked.facilitator = true;
       try {
-        const res = await fetch("/api/demo-token", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ role, name: name.value.trim(), locale: localeTag() }) });
+        const res = await fetch("/api/demo-token", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(asked) });
         if (!res.ok) throw new Error(String(res.status));
         const body = await res.json();
         sessionStorage.setItem(TOKEN_KEY, body.token);
@@ -146,10 +156,10 @@ async function refreshToken(current) {
   const hook = window.aftertalkAuth?.refresh;
   if (typeof hook === "function") return (await hook()) || null;
   if (!(await demoEnabled())) return null;
-  const { sub, role, name } = claimsOf(current);
+  const { sub, role, name, facilitator } = claimsOf(current);
   if (!sub || !role) return null;
   const res = await fetch("/api/demo-token", { method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ role, name: name || role, id: sub, locale: localeTag() }), cache: "no-store" });
+    body: JSON.stringify({ role, name: name || role, id: sub, locale: localeTag(), ...(facilitator === true ? { facilitator: true } : {}) }), cache: "no-store" });
   if (!res.ok) return null;
   return (await res.json()).token || null;
 }
@@ -186,7 +196,8 @@ async function start(token) {
     page = frame.user.role;
     const alerts = alertsFor(page);
     const context = { vocabulary: vocab, label: labeller(vocab), token: () => conn.token, alerts };   // refreshed
-    fill(who, h("span", {}, isolate(frame.user.name), ` · ${ROLE_NAME()[frame.user.role] || frame.user.role}`),
+    const roleName = ROLE_NAME()[frame.user.role] || frame.user.role;
+    fill(who, h("span", {}, isolate(frame.user.name), ` · ${frame.user.facilitator ? t("groups.member.facilitator_role", { role: roleName }) : roleName}`),
       localePicker(h, () => window.location.reload(), { compact: true }),
       h("button", { type: "button", class: "link", text: t("signout"), on: { click: () => signOut(conn) } }));
     const root = h("div", { class: `page page-${page}` });

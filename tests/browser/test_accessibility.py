@@ -223,3 +223,72 @@ async def test_the_honest_wait_talk_later_and_contacts_pass_axe_right_to_left(we
     await audit(p, "patient contacts")
     assert len(audit.screens) == 5
     assert not audit.found, audit.report()
+
+
+@pytest.mark.parametrize("locale", ["en-US", "ar-EG"])
+async def test_the_groups_screens_pass_axe(web, open_page, locale):
+    """Issue 12's screens, in English and in Arabic: the facilitator's create form and group chat with the
+    tools open, a patient's list of groups that fit, the group chat with its pinned message and members,
+    waiting for a group, and a moderator's feed with a group flag and the watched group's members."""
+    (g,) = web(1)
+    audit = Audit()
+    m = await open_page(g.url, "moderator", viewport=DESK, locale=locale)
+    await sign_in_as(m, "moderator", "Mo")
+
+    f = await open_page(g.url, "facilitator", viewport=DESK, locale=locale)
+    await f.locator("#role-survivor").check()
+    await f.locator("#facilitator").check()
+    await audit(f, "sign-in with the facilitator box")
+    await sign_in_as(f, "survivor", "Robin")
+    await f.locator("nav.view-switch button[data-view=groups]").click()
+    create = f.locator("details.create-group")
+    await create.locator("summary").click()
+    form = create.locator("form")
+    await form.locator("select").first.select_option("breast")
+    await form.locator("input[type=text]").first.fill("Circle")
+    await form.locator("input[type=checkbox]").check()         # meets weekly: the schedule's fields
+    await audit(f, "create a group")
+    await form.locator("button[type=submit]").click()
+    chat_f = f.locator(".group-chat:visible")
+    await expect(chat_f).to_be_visible()
+    await chat_f.locator("details.facilitator-tools summary").click()
+    await chat_f.locator(".pin-form textarea").fill("Be kind.")
+    await chat_f.locator(".pin-form button[type=submit]").click()
+    await expect(chat_f.locator(".pinned")).to_be_visible()
+
+    p = await open_page(g.url, "patient", locale=locale)
+    await sign_in_as(p, "patient", "Pat")
+    await choose_diagnosis(p)
+    await p.locator("nav.view-switch button[data-view=groups]").click()
+    await p.locator(".find-groups button.show-groups").click()
+    await expect(p.locator(".group-list.fit li.group-card")).to_have_count(1)
+    await audit(p, "groups that fit")
+    await p.locator(".group-list.fit li.group-card button.primary").click()
+    chat_p = p.locator(".group-chat:visible")
+    await expect(chat_p.locator(".pinned")).to_be_visible()
+    await expect(chat_f.locator("li.member")).to_have_count(2)
+    await audit(f, "facilitator's group chat with the tools")
+    await chat_p.locator("form.composer textarea").fill("Some days I want to end my life.")
+    await chat_p.locator("form.composer textarea").press("Enter")
+    await expect(p.locator("#resources")).to_be_visible()
+    await expect(chat_f.locator(".messages li.msg")).to_have_count(1)
+    await audit(p, "patient's group chat with the crisis panel")
+
+    w = await open_page(g.url, "patient 2", locale=locale)
+    await sign_in_as(w, "patient", "Ana")
+    await choose_diagnosis(w, "lung")
+    await w.locator("nav.view-switch button[data-view=groups]").click()
+    await w.locator(".find-groups button.find-group").click()
+    await expect(w.locator(".group-waiting")).to_be_visible()
+    await audit(w, "waiting for a group")
+
+    flag = m.locator(".flag-feed li.flag.group-flag")
+    await expect(flag.first).to_be_visible()
+    await expect(flag.first.locator(".pill.group")).to_be_visible()
+    await audit(m, "moderator feed with a group flag")
+    await flag.first.locator("button.primary").click()
+    await expect(m.locator("section.watch .member-list li.member")).to_have_count(2)
+    await expect(m.locator("section.watch .messages li.msg")).to_have_count(1)
+    await audit(m, "watched group")
+    assert len(audit.screens) == 8
+    assert not audit.found, audit.report()

@@ -172,3 +172,56 @@ async def focus_is_visible(page: Any) -> dict[str, Any]:
                visible: Boolean(el && el !== document.body && el.matches(":focus-visible")
                                 && style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2) };
     }""")
+
+
+# ---- groups (docs/protocol.md, "Groups"; gateway/static/js/groups.js) ---------------------------------
+
+async def sign_in_facilitator(page: Any, name: str) -> None:
+    """Demo sign-in as a survivor who facilitates groups (the checkbox shown for the survivor role)."""
+    await page.locator("#role-survivor").check()
+    await page.get_by_label("I am a group facilitator").check()
+    await page.get_by_label("A first name or pseudonym").fill(name)
+    await page.get_by_role("button", name="Continue").click()
+    await expect(page.locator(".page-survivor")).to_be_visible()
+
+
+async def open_groups(page: Any) -> None:
+    """Switch a patient's or survivor's page to the Groups view."""
+    await page.locator("nav.view-switch button[data-view=groups]").click()
+    await expect(page.locator(".groups-view")).to_be_visible()
+
+
+async def create_group(page: Any, title: str, *, capacity: int = 8, description: str = "",
+                       weekly: tuple[str, str] | None = None) -> Any:
+    """A facilitator (or moderator) in the Groups view creates a Breast cancer group in English and
+    lands in its chat; ``weekly``: (day, "HH:MM").  Returns the group chat's locator."""
+    box = page.locator("details.create-group")
+    if not await box.evaluate("d => d.open"):
+        await box.locator("summary").click()
+    form = box.locator("form")
+    await form.get_by_label("A diagnosis").check()
+    await form.get_by_label("Topic", exact=True).select_option(label=PROFILE_LABEL)
+    await form.get_by_label("Language", exact=True).select_option("en")
+    await form.get_by_label("Title", exact=True).fill(title)
+    if description:
+        await form.get_by_label("Description (optional)").fill(description)
+    await form.get_by_label("Largest number of members").fill(str(capacity))
+    if weekly:
+        await form.get_by_label("Meets every week").check()
+        await form.get_by_label("Day", exact=True).select_option(label=weekly[0])
+        await form.get_by_label("Start time").fill(weekly[1])
+    await form.get_by_role("button", name="Create the group").click()
+    chat = page.locator(".group-chat:visible")
+    await expect(chat.get_by_role("heading", level=2)).to_have_text(title)
+    return chat
+
+
+async def group_send(page: Any, text: str) -> None:
+    box = page.locator(".group-chat:visible form.composer textarea")
+    await box.fill(text)
+    await box.press("Enter")
+
+
+async def group_texts(page: Any) -> list[str]:
+    """The texts a person can see in their open group chat (hidden ones, e.g. from someone blocked, left out)."""
+    return await page.locator(".group-chat:visible .messages li.msg:visible .text").all_text_contents()

@@ -388,7 +388,10 @@ export class ChatDeck {
     this.limits = frame.limits || {};
     const live = new Set();
     const opened = [];
+    // groups are conversations too, but they live in the Groups view (groups.js), not in these tabs
+    const groups = new Set((frame.groups || []).map((g) => g.conversation_id || g.group_id));
     for (const conv of frame.conversations || []) {
+      if (conv.group || groups.has(conv.conversation_id)) continue;
       live.add(conv.conversation_id);
       if (this.views.has(conv.conversation_id)) continue;
       if (conv.talk_later) opened.push(conv);       // opened from a talk-later request, maybe while we were away

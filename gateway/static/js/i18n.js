@@ -150,6 +150,11 @@ export function duration(seconds) {
   return t("time.about", { duration: unit(Math.round(seconds / 60), "minute") });
 }
 
+/** "15 minutes", in the locale's words (a mute, a session's length). */
+export function minutesText(n) {
+  return unit(n, "minute", "long");
+}
+
 /** A countdown's seconds: "12 sec". */
 export function secondsLeft(seconds) {
   return unit(seconds, "second");

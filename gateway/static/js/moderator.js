@@ -4,6 +4,7 @@
 // writes every look and every action to the audit log.  Watching is silent to the participants.
 
 import { ChatView } from "./chat.js";
+import { groupsView } from "./groups.js";
 import { ago, dateTime, t, tx } from "./i18n.js";
 import { announce, confirmButton, fill, h, isolate, nextId } from "./ui.js";
 
@@ -70,7 +71,7 @@ function tabs(sections) {
   return { list, panels, select };
 }
 
-export function moderatorPage(root, conn, { token }) {
+export function moderatorPage(root, conn, { token, vocabulary, label }) {
   const flags = new Map();          // flag_id -> flag frame
   let watching = null;              // {cid, view, node}
 
@@ -101,18 +102,19 @@ export function moderatorPage(root, conn, { token }) {
       if (outcome.value) frame.outcome = outcome.value;
       conn.send(frame);
     });
-    return h("li", { class: `flag sev-${flag.severity}`, "data-flag": flag.flag_id, "data-conversation": flag.conversation_id },
+    return h("li", { class: `flag sev-${flag.severity}${flag.group ? " group-flag" : ""}`, "data-flag": flag.flag_id, "data-conversation": flag.conversation_id },
       h("p", { class: "flag-head" },
         h("span", { class: `pill sev-${flag.severity}`, text: severity(flag.severity) }),
         h("strong", { class: "category", text: category(flag.category) }),
         sourceTag(flag),
         flag.priority ? h("span", { class: "pill priority", text: t("mod.priority") }) : null,
+        flag.group ? h("span", { class: "pill group", text: t("mod.group") }) : null,
         h("span", { class: "status-tag", text: STATUS()[flag.status] || STATUS().open }),
         h("time", { class: "age", dateTime: new Date(flag.ts).toISOString(), "data-ts": String(flag.ts), text: ago(flag.ts) })),
       h("blockquote", { class: "excerpt", dir: "auto", text: flag.excerpt || t("mod.no_text") }),
       flag.reason ? h("p", { class: "hint" }, tx("mod.reason_given", { reason: h("bdi", { text: flag.reason }) })) : null,
       h("div", { class: "row" },
-        h("button", { type: "button", class: "primary", text: t("mod.open"), on: { click: () => watch(flag.conversation_id) } }),
+        h("button", { type: "button", class: "primary", text: t("mod.open"), on: { click: () => watch(flag.conversation_id, Boolean(flag.group)) } }),
         resolveForm));
   }
 
@@ -130,12 +132,12 @@ export function moderatorPage(root, conn, { token }) {
   // ---- watching one conversation ----
   const watchPanel = h("section", { class: "card watch", "aria-label": t("mod.watch.label"), hidden: true });
 
-  function watch(cid) {
+  function watch(cid, group = false) {
     if (watching?.cid === cid) { watchPanel.scrollIntoView?.({ block: "start" }); return; }
     stopWatching(true);
     conn.send({ type: "watch", conversation_id: cid });
     const view = new ChatView(conn, { conversation_id: cid, peer: {} }, conn.user, { readonly: true, label: (k, c) => c });
-    watching = { cid, view, people: h("div", { class: "people" }), flagsBox: h("ul", { class: "conv-flags" }) };
+    watching = { cid, view, group, people: h("div", { class: "people" }), flagsBox: h("ul", { class: "conv-flags" }) };
     fill(watchPanel,
       h("div", { class: "watch-head" }, watching.people,
         h("button", { type: "button", class: "secondary", text: t("mod.watch.stop"), on: { click: () => stopWatching(false) } })),
@@ -166,8 +168,9 @@ export function moderatorPage(root, conn, { token }) {
       if (text && conn.send({ type: "notice", conversation_id: cid, text, client_id: crypto.randomUUID() })) notice.value = "";
     });
     const reason = h("input", { type: "text", maxLength: 1000, id: nextId("why"), placeholder: t("mod.reason.placeholder") });
-    const end = confirmButton(t("mod.end"), t("mod.end.ask"),
-      () => conn.send({ type: "moderator_end", conversation_id: cid, reason: reason.value.trim() }), { cls: "danger", yes: t("chat.end") });
+    const group = watching.group;
+    const end = confirmButton(group ? t("mod.group.close") : t("mod.end"), group ? t("mod.group.close.ask") : t("mod.end.ask"),
+      () => conn.send({ type: "moderator_end", conversation_id: cid, reason: reason.value.trim() }), { cls: "danger", yes: group ? t("groups.tools.close.yes") : t("chat.end") });
     watching.suspendBox = h("div", { class: "row suspend" });
     return h("div", { class: "mod-actions" }, noticeForm,
       h("div", { class: "field" }, h("label", { for: reason.id, text: t("mod.reason") }), reason),
@@ -194,8 +197,29 @@ export function moderatorPage(root, conn, { token }) {
       h("span", { class: "status-tag", text: STATUS()[f.status] || STATUS().open }));
   }
 
+  /** A watched group: its members (names, roles, user ids) from the history frame, each with Suspend. */
+  function watchGroup(frame) {
+    const members = frame.members || [];
+    const roleName = (r) => ({ patient: t("role.patient"), survivor: t("role.survivor"), moderator: t("role.moderator") }[r] || r || "");
+    fill(watching.people,
+      h("h2", {}, frame.group?.title ? tx("mod.watch.group", { title: h("bdi", { text: frame.group.title }) }) : t("mod.watch.group.plain")),
+      h("h3", { class: "members-title", text: t("mod.watch.members", { count: members.length }) }),
+      h("ul", { class: "member-list watched" }, members.map((m) => h("li", { class: "member", "data-name": m.name },
+        h("strong", {}, isolate(m.name || t("chat.deleted_user"))),
+        h("span", { class: "hint", text: ` · ${m.facilitator ? t("groups.member.facilitator_role", { role: roleName(m.role) }) : roleName(m.role)}` }),
+        typeof m.online === "boolean" ? h("span", { class: `presence ${m.online ? "on" : "off"}`, text: m.online ? t("groups.member.online") : t("groups.member.away") }) : null))));
+    fill(watching.flagsBox, (frame.flags || []).map(convFlag));
+    if (!watching.suspendBox) return;
+    const reasonOf = () => watchPanel.querySelector(".mod-actions input[type=text]")?.value.trim() || t("mod.suspend.default_reason");
+    fill(watching.suspendBox, members.filter((m) => m.id && m.role !== "moderator").map((m) => confirmButton(
+      tx("mod.suspend.who", { name: isolate(m.name) }),
+      tx("mod.suspend.ask", { name: isolate(m.name), role: roleName(m.role) }),
+      () => conn.send({ type: "suspend", user_id: m.id, reason: reasonOf() }), { yes: t("mod.suspend"), cls: "secondary" })));
+  }
+
   function watchHistory(frame) {
     if (!watching || frame.conversation_id !== watching.cid || !frame.watching) return;
+    if (Array.isArray(frame.members) || frame.group) { watching.group = true; watchGroup(frame); return; }
     const p = frame.participants || {};
     fill(watching.people,
       h("h2", {}, tx("mod.watch.between", {
@@ -245,9 +269,15 @@ export function moderatorPage(root, conn, { token }) {
     auditStatus.textContent = entries.length ? t("mod.audit.count", { count: entries.length }) : t("mod.audit.empty");
   }
 
-  const { list, panels } = tabs([[t("mod.flags"), h("div", { class: "mod-grid" }, feedPanel, watchPanel)], [t("mod.audit"), auditPanel]]);
+  // ---- groups: moderators create groups and may use the facilitator tools in any group they are in ----
+  const groups = groupsView(conn, { vocabulary: vocabulary || {}, label: label || ((k, c) => c), role: "moderator" });
+  const groupsPanel = h("section", { class: "groups-tab", "aria-label": t("views.groups") }, groups.node);
+
+  const { list, panels } = tabs([[t("mod.flags"), h("div", { class: "mod-grid" }, feedPanel, watchPanel)], [t("mod.audit"), auditPanel],
+    [t("views.groups"), groupsPanel]]);
   fill(root, list, ...panels);
   list.querySelectorAll("[role=tab]")[1].addEventListener("click", () => loadAudit());
+  list.querySelectorAll("[role=tab]")[2].addEventListener("click", () => groups.shown(true));
 
   // ---- frames ----
   conn.on("welcome", () => {

@@ -4,9 +4,11 @@
 // The wait says the truth (queued: fitting_available, estimated_wait_s, reason).  When nobody who fits
 // is free or about to be (reason "nobody_fits_now"), the waiting screen says so and offers, in one
 // place: widening the request (naming exactly what would be widened), a talk later, and the crisis
-// lines for anyone who cannot wait.  (Joining a group goes there too once the service has groups.)
+// lines for anyone who cannot wait.  Groups (groups.js) are a view of their own beside the one-on-one
+// talks, found with the same profile.
 
 import { ChatDeck } from "./chat.js";
+import { groupsView, viewSwitch } from "./groups.js";
 import { contactsPanel } from "./contacts.js";
 import { profileFields, saveProfile, savedProfile } from "./profile.js";
 import { lineItem, resourcesPanel } from "./resources.js";
@@ -140,7 +142,15 @@ export function patientPage(root, conn, { vocabulary, label, alerts }) {
   // ---- chats ----
   const deck = new ChatDeck(conn, { label, onChange: () => render(), onOpenedAway: openedAway });
 
-  fill(root, resources.node, note, laterCard, contacts.node, form, queue, deck.root);
+  // ---- groups: a view of its own, found with the same profile ----
+  const one = h("div", { class: "view-one" }, note, laterCard, contacts.node, form, queue, deck.root);
+  const groups = groupsView(conn, { vocabulary, label, role: "patient", profile: () => fields.value(),
+    profileProblem: () => fields.check(), onNews: () => views.badge("groups") });
+  const views = viewSwitch([
+    { key: "one", label: t("views.one"), node: one },
+    { key: "groups", label: t("views.groups"), node: groups.node, onShow: (on) => groups.shown(on) },
+  ]);
+  fill(root, views.node, resources.node, one, groups.node);
 
   function profileWords(profile) {
     const topics = [...(profile.diagnoses || []).map((c) => label("diagnoses", c)),
@@ -286,8 +296,9 @@ export function patientPage(root, conn, { vocabulary, label, alerts }) {
     if (!queued && !chatting) { talkNow.disabled = false; talkNow.textContent = t("patient.talk_now"); }
   }
 
-  conn.on("queued", (f) => { note.hidden = true; showQueue(f); });
+  conn.on("queued", (f) => { if (f.for === "group") return; note.hidden = true; showQueue(f); });
   conn.on("cancelled", (f) => {
+    if (f.for === "group") return;       // waiting for a group: the Groups view answers it
     queued = false;
     const forLater = toLater && f.reason === "cancelled";
     if (forLater) {
@@ -336,6 +347,7 @@ export function patientPage(root, conn, { vocabulary, label, alerts }) {
     // not in line, so it was the talk-later request that was accepted (a live request takes precedence)
     if (!queued && later) { later = null; showLater(); }
     queued = false; note.hidden = true; again = null;
+    views.select("one");          // a one-on-one chat opened: show it
     render();
     // matched while the tab is hidden: a notification, the title, a sound; gone once they look
     const name = f.peer?.name || t("chat.peer");

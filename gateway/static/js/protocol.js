@@ -164,7 +164,7 @@ export class Connection {
         this.attempt = 0;
         this.expiredCloses = 0;
         this.welcomed = true;
-        for (const conv of frame.conversations || []) {
+        for (const conv of [...(frame.conversations || []), ...(frame.groups || [])]) {
           if (!this.resume.has(conv.conversation_id)) {
             this.resume.set(conv.conversation_id, { seq: conv.last_seq || 0, epoch: conv.epoch });
           }
@@ -178,6 +178,19 @@ export class Connection {
       case "matched":
         if (!this.resume.has(frame.conversation_id)) {
           this.resume.set(frame.conversation_id, { seq: 0, epoch: frame.epoch });
+        }
+        break;
+      case "joined":
+        // a group is a conversation: resume it from the seq it was joined at (the server starts there)
+        if (frame.conversation_id && !this.resume.has(frame.conversation_id)) {
+          this.resume.set(frame.conversation_id, { seq: frame.seq || 0, epoch: frame.epoch });
+        }
+        break;
+      case "left":
+      case "removed":
+        if (!frame.waitlisted && frame.group_id) {
+          this.resume.delete(frame.group_id);
+          this.dropOutbox(frame.group_id, "conversation_ended");
         }
         break;
       case "message": {
@@ -319,7 +332,7 @@ export class Connection {
       return;
     }
     this.outbox.delete(frame.client_id);
-    this.setItem(item, "failed", { code: frame.code, note: frame.message });
+    this.setItem(item, "failed", { code: frame.code, note: frame.message, retry_after_s: frame.retry_after_s });
     this.settled(frame.client_id);
   }
 

@@ -4,6 +4,7 @@
 // what was clicked: if the server switches a volunteer off after missed offers, the switch says so.
 
 import { ChatDeck } from "./chat.js";
+import { groupsView, viewSwitch } from "./groups.js";
 import { contactsPanel } from "./contacts.js";
 import { profileFields, saveProfile, savedProfile } from "./profile.js";
 import { resourcesPanel } from "./resources.js";
@@ -220,6 +221,7 @@ export function survivorPage(root, conn, { vocabulary, label, alerts }) {
     const card = new LaterCard(conn, frame, label, (c) => { offers.delete(c.offer.offer_id); });
     offers.set(frame.offer_id, card);
     offerList.append(card.node);
+    views.badge("one");
     announce(t("later_offer.announce", { name: frame.patient?.name || t("offer.someone") }));
   }
   function addOffer(frame) {
@@ -229,6 +231,7 @@ export function survivorPage(root, conn, { vocabulary, label, alerts }) {
     card.onAnswered = () => alerts.clear(`offer-${frame.offer_id}`);
     offers.set(frame.offer_id, card);
     offerList.append(card.node);
+    views.badge("one");           // an offer while the Groups view is shown: the other view says "new"
     const name = frame.patient?.name || t("offer.someone");
     announce(t("offer.announce", { name, seconds: frame.expires_in_s }));
     // the tab is hidden: a system notification, the title, a gentle sound, a vibration (alerts.js)
@@ -250,7 +253,15 @@ export function survivorPage(root, conn, { vocabulary, label, alerts }) {
   // ---- chats ----
   const deck = new ChatDeck(conn, { label });
   const contacts = contactsPanel(conn, { role: "survivor" });
-  fill(root, resources.node, offerList, deck.root, panel, contacts.node);
+  // ---- groups: a view of its own, found with the same profile (facilitators also create and lead them) ----
+  const one = h("div", { class: "view-one" }, offerList, deck.root, panel, contacts.node);
+  const groups = groupsView(conn, { vocabulary, label, role: "survivor", profile: () => fields.value(),
+    profileProblem: () => fields.check(), onNews: () => views.badge("groups") });
+  const views = viewSwitch([
+    { key: "one", label: t("views.one"), node: one },
+    { key: "groups", label: t("views.groups"), node: groups.node, onShow: (on) => groups.shown(on) },
+  ]);
+  fill(root, views.node, resources.node, one, groups.node);
 
   conn.on("welcome", (f) => {
     if (f.availability) {
@@ -272,6 +283,7 @@ export function survivorPage(root, conn, { vocabulary, label, alerts }) {
   conn.on("offer_withdrawn", offerGone);
   conn.on("declined", offerGone);
   conn.on("matched", () => {
+    views.select("one");
     for (const [oid, card] of offers) if (card.answered === "accept") { card.destroy(); offers.delete(oid); }
   });
   conn.on("error", (f) => {
