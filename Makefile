@@ -55,6 +55,11 @@ $(PEERS_STAMP): bench/peers/requirements.txt
 bench-relay: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python bench/relay_bench.py $(ARGS)
 
+# group fan-out (issue 12): 100 groups of 8 on two gateways, then one-on-one in the same sitting (ours only)
+.PHONY: bench-groups
+bench-groups: $(STAMP)
+	$(BIN)/python bench/groups_bench.py $(ARGS)
+
 bench-soak: $(STAMP)
 	$(BIN)/python bench/soak.py $(ARGS)
 

@@ -1,12 +1,13 @@
-"""The load generator shared by the relay benchmark and the soak test: one asyncio process.
+"""The load generator shared by the relay benchmarks and the soak test: one asyncio process.
 
-Clients come in pairs (one conversation or room each); every client sends at a fixed offered rate
-and reads everything it is sent.  A message's text starts with four words, ``step sender n
-send_ns`` (send_ns: CLOCK_MONOTONIC when the frame was written, the same clock in every process of
-the machine), so the receiver measures end-to-end latency and counts per sender and step: lost
-(sent, never seen by the peer), duplicated or out of order (n not above the last n seen).  The
-numbers are written in letters (base 26): a long run of digits is a phone number to the moderation
-rules, which would mask it, as they should.
+Clients come in pairs (one conversation or room each), or in groups (``recipients``: how many
+clients should see each message, the author's own copy counted when ``own_copy``); every client
+sends at a fixed offered rate and reads everything it is sent.  A message's text starts with four
+words, ``step sender n send_ns`` (send_ns: CLOCK_MONOTONIC when the frame was written, the same
+clock in every process of the machine), so the receiver measures end-to-end latency and counts per
+sender and step: lost (sent, never seen by a recipient), duplicated or out of order (n not above
+the last n seen from that sender).  The numbers are written in letters (base 26): a long run of
+digits is a phone number to the moderation rules, which would mask it, as they should.
 
 Sending is driven by one pacing loop for all clients (not a task per client): every tick it writes
 each client's due frames, so the generator's own cost stays per frame, not per timer.  How late the
@@ -73,8 +74,9 @@ class StepStats:
     """Counters of one load step (messages carry their step id, so stragglers land here too)."""
 
     step: int
+    recipients: int = 1                 # clients that should see each message
     sent: int = 0
-    received: int = 0                   # peer messages seen (first sightings)
+    received: int = 0                   # deliveries seen (first sightings)
     received_in_window: int = 0         # ... before the step's sending window closed
     duplicated_or_reordered: int = 0
     acked: int = 0
@@ -84,7 +86,7 @@ class StepStats:
 
     @property
     def lost(self) -> int:
-        return self.sent - self.received
+        return self.sent * self.recipients - self.received
 
 
 class Client:
@@ -109,7 +111,7 @@ class Client:
         self.target = target              # protocol-specific: (ws_url, token) or a room URL
         self.ws: Any = None
         self.sent = 0
-        self.last_seen: dict[int, int] = {}     # step -> highest n seen from the peer
+        self.last_seen: dict[tuple[int, int], int] = {}     # (step, sender) -> highest n seen
         self.closed: tuple[int | None, str] | None = None
         self.reader: asyncio.Task[None] | None = None
         self.conversation = ""
@@ -138,11 +140,16 @@ class AftertalkProtocol(Protocol):
     def __init__(self, *, keep_history: bool = False) -> None:
         self.keep_history = keep_history
 
-    async def open(self, client: Client) -> None:
-        url, tok = client.target
+    async def sign_in(self, client: Client) -> dict[str, Any]:
+        """Connect and say hello with the client's token (``target[:2]`` is the URL and the token);
+        return the first frame, the welcome."""
+        url, tok = client.target[:2]
         client.ws = await connect(url, compression=None, max_size=2**20, open_timeout=30, ping_interval=None)
         await client.ws.send(orjson.dumps({"type": "hello", "token": tok}).decode())
-        welcome = orjson.loads(await client.ws.recv())
+        return orjson.loads(await client.ws.recv())
+
+    async def open(self, client: Client) -> None:
+        welcome = await self.sign_in(client)
         if welcome.get("type") != "welcome" or not welcome.get("conversations"):
             raise RuntimeError(f"unexpected welcome: {str(welcome)[:300]}")
         client.conversation = welcome["conversations"][0]["conversation_id"]
@@ -184,9 +191,12 @@ class ChannelsProtocol(Protocol):
 
 
 class LoadGen:
-    def __init__(self, protocol: Protocol, clients: list[Client], *, seed: int = 3) -> None:
+    def __init__(self, protocol: Protocol, clients: list[Client], *, seed: int = 3, recipients: int = 1,
+                 own_copy: bool = False) -> None:
         self.protocol = protocol
         self.clients = clients
+        self.recipients = recipients      # a pair: 1 (the peer); a group of 8 counting the author's copy: 8
+        self.own_copy = own_copy
         self.steps: dict[int, StepStats] = {}
         self.current = StepStats(-1)
         self.rng = random.Random(seed)
@@ -220,7 +230,7 @@ class LoadGen:
         return [c for c in self.clients if c.closed is not None]
 
     async def _read(self, c: Client) -> None:
-        text_of, me, steps = self.protocol.text_of, c.idx, self.steps
+        text_of, me, steps, own_copy = self.protocol.text_of, c.idx, self.steps, self.own_copy
         try:
             async for raw in c.ws:
                 text = text_of(raw, c, self)
@@ -229,17 +239,17 @@ class LoadGen:
                 t = now_ns()
                 head = text.split(" ", 4)
                 sender = number(head[1])
-                if sender == me:
+                if sender == me and not own_copy:
                     continue                # our own message echoed back to us
                 step, n = number(head[0]), number(head[2])
                 stats = steps.get(step)
                 if stats is None:
                     continue
-                last = c.last_seen.get(step, 0)
+                last = c.last_seen.get((step, sender), 0)
                 if n <= last:
                     stats.duplicated_or_reordered += 1
                     continue
-                c.last_seen[step] = n
+                c.last_seen[step, sender] = n
                 stats.received += 1
                 if t <= stats.window_end_ns:
                     stats.received_in_window += 1
@@ -256,7 +266,7 @@ class LoadGen:
                        tick_s: float = 0.005, on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
         """Offer ``rate_total`` msgs/s spread evenly over all clients for ``seconds``; then wait for
         stragglers (up to ``drain_s``) and return the step's figures."""
-        stats = self.steps[step] = self.current = StepStats(step)
+        stats = self.steps[step] = self.current = StepStats(step, self.recipients)
         clients = [c for c in self.clients if c.closed is None]
         per_client = rate_total / len(self.clients)
         interval_ns = int(1e9 / per_client)
@@ -297,14 +307,14 @@ class LoadGen:
         send_cpu = cpu_seconds() - cpu0
         wall = (now_ns() - t0) / 1e9
         deadline = time.monotonic() + drain_s
-        while stats.received < stats.sent and time.monotonic() < deadline and not self.closed_clients:
+        while stats.lost > 0 and time.monotonic() < deadline and not self.closed_clients:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)         # late duplicates, errors and acks
         lat = sorted(stats.latencies_ns)
         lags.sort()
         return {
             "step": step, "offered_per_s": rate_total, "seconds": seconds,
-            "sent": stats.sent, "received": stats.received, "lost": stats.lost,
+            "sent": stats.sent, "sent_per_s": stats.sent / seconds, "received": stats.received, "lost": stats.lost,
             "delivered_per_s": stats.received_in_window / seconds,
             "p50_ms": percentile(lat, 50) / 1e6, "p99_ms": percentile(lat, 99) / 1e6,
             "max_ms": (lat[-1] / 1e6) if lat else float("nan"),

@@ -30,43 +30,33 @@ node's alone, and the generator's, and how late the generator ran.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BACKENDS, Backend, machine, prioritize, stamp
 from loadgen import LoadGen
-from systems import Aftertalk, ChannelsRelay, System, proc_cpu_seconds
+from relaylib import (
+    RESULTS,
+    add_ladder_options,
+    climb,
+    command_line,
+    cpu_split,
+    cpu_us_per_msg,
+    passed,
+    run_main,
+    save,
+    spawning_on,
+    why_failed,
+)
+from systems import Aftertalk, ChannelsRelay, System
 
 DEFAULT_LADDER = [250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 10000]
-P99_LIMIT_MS = 100.0
 CPU_PROBE = 500.0           # the ladder step at which CPU per message is compared
 OURS = ("on", "off", "screen-on", "screen-off")   # the systems that can run on a Redis Cluster
-
-
-def passed(r: dict[str, Any]) -> bool:
-    return (r["lost"] == 0 and r["dup_or_reordered"] == 0 and not r["errors"] and r["closed"] == 0
-            and r["p99_ms"] <= P99_LIMIT_MS)
-
-
-def why_failed(r: dict[str, Any]) -> str:
-    out = []
-    if r["lost"]:
-        out.append(f"{r['lost']} lost")
-    if r["dup_or_reordered"]:
-        out.append(f"{r['dup_or_reordered']} dup/reordered")
-    if r["errors"]:
-        out.append(f"errors {r['errors']}")
-    if r["closed"]:
-        out.append(f"{r['closed']} sockets closed {r.get('close_reasons', '')}")
-    if r["p99_ms"] > P99_LIMIT_MS:
-        out.append(f"p99 {r['p99_ms']:.0f} ms")
-    return ", ".join(out)
 
 
 def make_system(key: str, log_dir: str, code_dir: str = "") -> System:
@@ -85,78 +75,29 @@ def make_system(key: str, log_dir: str, code_dir: str = "") -> System:
     return ChannelsRelay(key, log_dir=log_dir)
 
 
-class Meter:
-    """CPU used by a set of processes between two readings, as % of one core."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.reset()
-
-    def reset(self) -> None:
-        self.t0 = time.monotonic()
-        self.c0 = sum(proc_cpu_seconds(p) for p in self.pids)
-
-    def pct(self) -> float:
-        return 100 * (sum(proc_cpu_seconds(p) for p in self.pids) - self.c0) / max(1e-9, time.monotonic() - self.t0)
-
-
 def line(name: str, label: str, r: dict[str, Any]) -> str:
     return (f"{name:36} {label:10} offered {r['offered_per_s']:6.0f}/s delivered {r['delivered_per_s']:7.0f}/s "
             f"p50 {r['p50_ms']:6.1f} ms p99 {r['p99_ms']:7.1f} ms lost {r['lost']:5d} "
-            f"| servers {r['server_cpu_pct']:4.0f}% gen {r['gen_cpu_pct']:3.0f}% lag p99 {r['gen_lag_p99_ms']:5.1f} ms"
+            f"| servers {r['server_cpu_pct']:4.0f}% gen {r['gen_cpu_pct']:3.0f}% lag p99 {r['gen_lag_p99_ms']:5.1f} ms "
+            f"others {r['others_cpu_pct']:3.0f}%"
             f"{'' if passed(r) else '  FAIL: ' + why_failed(r)}")
 
 
 async def bench_system(system: System, redis: Backend, args: argparse.Namespace,
                        server_cpus: set[int] | None, gen_cpus: set[int] | None) -> dict[str, Any]:
-    if server_cpus:
-        os.sched_setaffinity(0, server_cpus)          # children inherit: the servers land on the server core
-    try:
+    with spawning_on(server_cpus, gen_cpus):          # the servers land on the server core
         system.start(redis.url)
-    finally:
-        if gen_cpus:
-            os.sched_setaffinity(0, gen_cpus)
-    meter = Meter([*system.pids(), *redis.pids()])
-    node_meters = [Meter([pid]) for pid in redis.pids()]
-    result: dict[str, Any] = {"system": system.name, "redis": redis.kind, "fixed": None, "ladder": [],
-                              "saturation": None}
+    result: dict[str, Any] = {"system": system.name, "redis": redis.kind}
     try:
         protocol, clients = await system.make_clients(args.pairs)
         gen = LoadGen(protocol, clients)
         await gen.connect_all()
-        step = 0
-
-        async def run(rate: float, seconds: float, label: str) -> dict[str, Any]:
-            nonlocal step
-            step += 1
-            meter.reset()
-            for m in node_meters:
-                m.reset()
-            r = await gen.run_step(step, rate, seconds)
-            r["server_cpu_pct"] = meter.pct()
-            r["redis_node_cpu_pct"] = [m.pct() for m in node_meters]
-            print(line(system.name, label, r), flush=True)
-            return r
-
-        await run(args.fixed, 3, "warm-up")
-        result["fixed"] = await run(args.fixed, args.seconds, "fixed")
-        for rate in args.ladder:
-            r = await run(rate, args.seconds, "ladder")
-            if not passed(r) and not gen.closed_clients and r["lost"] == 0:
-                r = await run(rate, args.seconds, "retry")
-            result["ladder"].append(r)
-            if not passed(r):
-                break
-            result["saturation"] = r
+        result |= await climb(gen, system.pids(), redis.pids(), fixed=args.fixed, seconds=args.seconds,
+                              ladder=args.ladder, show=lambda label, r: print(line(system.name, label, r), flush=True))
         await gen.close_all()
     finally:
         system.stop()
     return result
-
-
-def cpu_us_per_msg(r: dict[str, Any]) -> float:
-    """CPU of the server side (server processes + Redis) per delivered message, in µs."""
-    return r["server_cpu_pct"] / 100 / max(1e-9, r["delivered_per_s"]) * 1e6
 
 
 def report(results: list[dict[str, Any]], command: str, date: str, machine_line: str) -> str:
@@ -196,17 +137,13 @@ async def main(args: argparse.Namespace) -> None:
         saved = json.loads(Path(args.report).read_text())
         print(report(saved["results"], saved["command"], saved["date"], saved["machine"]))
         return
-    command = " ".join([Path(sys.executable).name, *sys.argv])
+    command = command_line()
     priority = prioritize(args.nice)
-    ncpu = os.cpu_count() or 1
-    server_cpus = gen_cpus = None
-    if args.pin and ncpu >= 2:
-        server_cpus, gen_cpus = {0}, {1}
+    server_cpus, gen_cpus = cpu_split(args.pin)
     print(f"# relay benchmark, {stamp()}, {machine()}, load average {os.getloadavg()[0]:.2f}")
     print(f"# {args.pairs} pairs; servers + redis on CPU {server_cpus or 'any'}, load generator on CPU "
           f"{gen_cpus or 'any'}; {priority}; redis: {', '.join(args.redis)}", flush=True)
-    log_dir = Path(__file__).resolve().parent / "results"
-    log_dir.mkdir(exist_ok=True)
+    RESULTS.mkdir(exist_ok=True)
     results = []
     for kind in args.redis:
         systems = [key for key in args.systems if kind == "single" or key in OURS]
@@ -215,15 +152,12 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"# {key}: skipped on {kind} (Django Channels' redis layers are not Redis Cluster clients)")
         if not systems:
             continue
-        if server_cpus:
-            os.sched_setaffinity(0, server_cpus)  # every Redis node on the server core
-        redis = Backend(kind, appendonly=args.aof).start()
-        if gen_cpus:
-            os.sched_setaffinity(0, gen_cpus)
+        with spawning_on(server_cpus, gen_cpus):      # every Redis node on the server core
+            redis = Backend(kind, appendonly=args.aof).start()
         print(f"# redis: {redis.describe()}, load average {os.getloadavg()[0]:.2f}", flush=True)
         try:
             for key in systems:
-                system = make_system(key, str(log_dir), args.gateway_code)
+                system = make_system(key, str(RESULTS), args.gateway_code)
                 if len(args.redis) > 1 or kind != "single":
                     system.name += ", single Redis" if kind == "single" else ", Redis Cluster"
                 results.append(await bench_system(system, redis, args, server_cpus, gen_cpus))
@@ -233,19 +167,15 @@ async def main(args: argparse.Namespace) -> None:
     text = report(results, command, stamp(), machine())
     print()
     print(text)
-    out = log_dir / f"relay-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"command": command, "machine": machine(), "date": stamp(), "redis": args.redis,
-                               "results": results}, indent=1))
-    print(f"\n(raw figures: {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out})")
+    out = save("relay", {"command": command, "machine": machine(), "date": stamp(), "redis": args.redis,
+                         "results": results})
+    print(f"\n(raw figures: {out})")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=100)
-    parser.add_argument("--fixed", type=float, default=1000, help="fixed offered load, msgs/s in total")
-    parser.add_argument("--seconds", type=float, default=8, help="length of each step")
-    parser.add_argument("--ladder", type=lambda s: [float(x) for x in s.split(",") if x], default=DEFAULT_LADDER,
-                        help="offered rates (msgs/s in total) tried in order to find saturation")
+    add_ladder_options(parser, ladder=DEFAULT_LADDER, fixed=1000, unit="msgs/s")
     parser.add_argument("--systems", type=lambda s: s.split(","), default=["on", "off", "core", "pubsub"],
                         help="on/off: ours with moderation on/off; core/pubsub: the Channels layers")
     parser.add_argument("--redis", type=lambda s: s.split(","), default=["single"],
@@ -256,15 +186,4 @@ if __name__ == "__main__":
     parser.add_argument("--gateway-code", default="",
                         help="run our gateways from this directory (a copy of gateway/, chat/, matcher/): "
                              "before/after figures of a change")
-    parser.add_argument("--report", default="", help="only print the tables of a saved results file")
-    parser.add_argument("--no-aof", dest="aof", action="store_false",
-                        help="run Redis without its append-only file (default: appendonly yes, fsync every second)")
-    parser.add_argument("--no-pin", dest="pin", action="store_false", help="let the OS place the processes")
-    parser.add_argument("--nice", type=int, default=-10,
-                        help="scheduling priority of the run and every process it starts (negative needs root; "
-                             "on a shared machine it keeps other work from skewing the figures)")
-    try:
-        import uvloop
-        uvloop.run(main(parser.parse_args()))
-    except ImportError:
-        asyncio.run(main(parser.parse_args()))
+    run_main(main(parser.parse_args()))
