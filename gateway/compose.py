@@ -5,7 +5,7 @@ Order of construction is the order of dependency, and nothing is patched afterwa
 
     Redis clients -> stores (matcher, chat, groups, flags, audit, retention)
                   -> hub (pub/sub fan-out) -> conversations (matcher + chat in step)
-                  -> groups -> safety (moderators) -> service (participants) -> dispatcher
+                  -> groups, their tools -> safety (moderators) -> service (participants) -> dispatcher
 
 The hub's re-sync callback is given to :meth:`Hub.run` when the process starts, because the
 services that answer it are built after the hub they use.
@@ -29,6 +29,7 @@ from core.keys import Keys
 from core.redis_client import make_redis
 from gateway.conversations import Conversations
 from gateway.dispatch import Dispatcher
+from gateway.group_tools import GroupTools
 from gateway.groups import Groups
 from gateway.hub import Hub
 from gateway.later import Later
@@ -99,8 +100,9 @@ def build(settings: Settings) -> Gateway:
     group_store = GroupStore(redis, keys, max_groups_per_user=settings.max_groups_per_user)
     conversations = Conversations(match, chat, group_store)
     groups = Groups(settings, store=group_store, hub=hub, audit_log=audit_log, vocabulary=vocabulary)
+    group_tools = GroupTools(store=group_store, groups=groups, hub=hub)
     safety = Safety(settings, match=match, chat=chat, conversations=conversations, hub=hub,
-                    flags=FlagStore(redis, keys), audit_log=audit_log, groups=groups,
+                    flags=FlagStore(redis, keys), audit_log=audit_log, groups=group_tools,
                     crisis_lines=parse_crisis_lines(settings.crisis_lines),
                     screen_queue=ScreenQueue(redis, keys) if settings.screening else None)
     moderator = Moderator(RuleSet.load(settings.moderation_rules_path or None),
@@ -113,6 +115,7 @@ def build(settings: Settings) -> Gateway:
     leases = ConnectionLeases(redis, keys, ttl_s=settings.presence_ttl_s, owner=service.gateway_id)
     later = Later(settings, match=match, conversations=conversations, moderator=moderator,
                   vocabulary=service.vocabulary)
-    dispatcher = Dispatcher(service.handlers(), safety.handlers(), later.handlers(), groups.handlers())
+    dispatcher = Dispatcher(service.handlers(), safety.handlers(), later.handlers(), groups.handlers(),
+                            group_tools.handlers())
     return Gateway(settings=settings, redis=redis, redis_bytes=redis_bytes, keys=keys, match=match, chat=chat,
                    hub=hub, safety=safety, service=service, dispatcher=dispatcher, leases=leases)

@@ -1,4 +1,4 @@
-"""Groups (issue 12): create, find, join and leave groups, and the facilitator tools.
+"""Groups (issue 12): create, find, join and leave groups; who is online; telling the members.
 
 The rules are pure (:mod:`matcher.groups`: what a valid group is, its next session, what fits
 whom and in what order); the capacity, the waitlist, mutes and removals are decided atomically in
@@ -7,7 +7,8 @@ and tells the people concerned, on whichever gateway they are connected: frames 
 to their user channel (``Hub.publish_users``), where every gateway holding one of their
 connections picks them up (``joined`` and ``left`` also change what that connection follows).
 
-Members are named by their name in the group, never by user id.  Every tool use is audited.
+Members are named by their name in the group, never by user id.  The facilitator tools are
+:mod:`gateway.group_tools`.
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from gateway.dispatch import Handler
 from gateway.hub import Hub
 from gateway.settings import Settings
 from matcher.groups import (
-    MAX_PIN,
     GroupView,
     competes,
     iso,
@@ -39,27 +39,16 @@ from matcher.profile import Profile, parse_profile
 from matcher.vocabulary import Vocabulary
 
 log = logging.getLogger("aftertalk.groups")
-MAX_MINUTES = 1440
-MAX_REASON = 500
 
 
 NO_SUCH_GROUP, NOT_PART = "There is no such group.", "You are not part of that group."   # as chat/lua/group_*.lua
 
 
-def _forbidden(message: str = NOT_PART, **data: Any) -> ServiceError:
+def forbidden(message: str = NOT_PART, **data: Any) -> ServiceError:
     return ServiceError(ErrorCode.FORBIDDEN, message, **data)
 
 
-def _unless_leading(exc: ServiceError, gid: str, is_moderator: bool) -> ServiceError:
-    """A facilitator who does not lead this group learns nothing from a refusal: an unknown group and
-    someone else's group get the same ``forbidden`` (moderators, who may act in any group, are told
-    ``not_found``)."""
-    if is_moderator or exc.message not in (NO_SUCH_GROUP, NOT_PART):
-        return exc
-    return _forbidden(group_id=gid)
-
-
-def _group_id(frame: dict[str, Any]) -> str:
+def group_id(frame: dict[str, Any]) -> str:
     gid: str = frame["group_id"]
     return gid
 
@@ -78,8 +67,6 @@ class Groups:
             "create_group": self.on_create_group, "list_groups": self.on_list_groups,
             "find_group": self.on_find_group, "cancel_find_group": self.on_cancel_find_group,
             "join_group": self.on_join_group, "leave_group": self.on_leave_group,
-            "mute_member": self.on_mute_member, "remove_member": self.on_remove_member,
-            "readmit_member": self.on_readmit_member, "pin": self.on_pin, "close_group": self.on_close_group,
         }
 
     # ---- views ---------------------------------------------------------------------------
@@ -115,14 +102,14 @@ class Groups:
                 "seq": me.joined_seq, "name": me.name, "group": self._summary(g, uid, datetime.now(UTC)),
                 "members": await self._members(g, uid), "pinned": g.pinned}
 
-    async def _record(self, gid: str) -> GroupRecord:
+    async def record(self, gid: str) -> GroupRecord:
         g = await self.store.record(gid)
         if g is None:
             raise ServiceError(ErrorCode.NOT_FOUND, "There is no such group.", group_id=gid)
         return g
 
     # ---- telling people ------------------------------------------------------------------
-    async def _tell_members(self, g: GroupRecord, frame: dict[str, Any], *, but: str = "") -> None:
+    async def tell_members(self, g: GroupRecord, frame: dict[str, Any], *, but: str = "") -> None:
         await self.hub.publish_users([(m.uid, frame) for m in g.members if m.uid != but])
 
     async def announce_presence(self, gids: list[str]) -> None:
@@ -136,7 +123,7 @@ class Groups:
     async def _welcome_joiner(self, gid: str, uid: str) -> None:
         """A new member (joined now, or moved up from the waitlist): ``joined`` to them on every
         connection, ``member_joined`` to the others (marked for those who blocked them), presence."""
-        g = await self._record(gid)
+        g = await self.record(gid)
         me = g.member(uid)
         if me is None:
             return      # left again meanwhile
@@ -148,12 +135,12 @@ class Groups:
             (o, {**announce, "blocked": True} if o in blockers else announce) for o in others])
         await self.announce_presence([gid])
 
-    async def _departed(self, gid: str, left_uid: str, name: str, promoted: list[Member],
+    async def departed(self, gid: str, left_uid: str, name: str, promoted: list[Member],
                         frame: dict[str, Any]) -> None:
         g = await self.store.record(gid)
         await self.hub.publish_users([(left_uid, frame)])
         if g is not None:
-            await self._tell_members(g, {"type": "member_left", "group_id": gid, "name": name})
+            await self.tell_members(g, {"type": "member_left", "group_id": gid, "name": name})
         for m in promoted:
             await self._welcome_joiner(gid, m.uid)
         if g is not None and not promoted:
@@ -162,9 +149,9 @@ class Groups:
     async def after_erasure(self, gid: str, left: Left) -> None:
         """An erased member left (``aftertalk erase-user``): the others are told, whoever moved up from the
         waitlist joins.  Their messages stay in the transcript as "Deleted user"."""
-        await self._departed(gid, left.uid, left.name, left.promoted, {"type": "left", "group_id": gid})
+        await self.departed(gid, left.uid, left.name, left.promoted, {"type": "left", "group_id": gid})
 
-    async def _audit(self, conn: Conn, action: str, gid: str, detail: str = "", target: str = "") -> None:
+    async def audit(self, conn: Conn, action: str, gid: str, detail: str = "", target: str = "") -> None:
         await self.audit_log.record(who=conn.user.id, who_name=conn.user.name, action=action,
                                     conversation_id=gid, detail=detail, user_id=target)
 
@@ -197,7 +184,7 @@ class Groups:
     async def on_create_group(self, conn: Conn, frame: dict[str, Any]) -> None:
         user = conn.user
         if user.role != "moderator" and not user.facilitator:
-            raise _forbidden("Only facilitators and moderators create groups.")
+            raise forbidden("Only facilitators and moderators create groups.")
         spec = parse_group_spec(frame, self.vocabulary)
         facilitator = user.role != "moderator"      # a moderator leads from outside, without being a member
         gid = self.store.new_id()
@@ -207,8 +194,8 @@ class Groups:
             gid, NewGroup(spec.kind, spec.code, spec.language, spec.title, spec.description, spec.capacity,
                           spec.schedule.as_json() if spec.schedule else None),
             uid=user.id, name=user.name, role=user.role, facilitator=True, member=facilitator)
-        g = await self._record(gid)
-        await self._audit(conn, audit.GROUP_CREATE, gid, detail=spec.title)
+        g = await self.record(gid)
+        await self.audit(conn, audit.GROUP_CREATE, gid, detail=spec.title)
         conn.push(orjson.dumps({"type": "group", "group": self._summary(g, user.id, datetime.now(UTC))}).decode())
         if facilitator:     # then ``joined`` on every connection, as for any member: it starts their following
             await self.hub.publish_users([(user.id, await self._joined_frame(g, user.id))])
@@ -308,7 +295,7 @@ class Groups:
 
     # ---- joining and leaving -------------------------------------------------------------
     async def on_join_group(self, conn: Conn, frame: dict[str, Any]) -> None:
-        user, gid = conn.user, _group_id(frame)
+        user, gid = conn.user, group_id(frame)
         joined = await self._try_join(gid, user.id, user.name, user.role, wait=True, facilitator=user.facilitator)
         if joined is None:
             raise self._at_limit()
@@ -316,108 +303,27 @@ class Groups:
             raise ServiceError(ErrorCode.GROUP_FULL, "This group is full; you are on its waitlist.",
                                group_id=gid, waitlist_position=joined.position)
         if joined.status == "member":
-            g = await self._record(gid)
+            g = await self.record(gid)
             await self.hub.publish_users([(user.id, await self._joined_frame(g, user.id))])
             return
         await self._welcome_joiner(gid, user.id)
 
     async def on_leave_group(self, conn: Conn, frame: dict[str, Any]) -> None:
-        gid = _group_id(frame)
+        gid = group_id(frame)
         try:
             left = await self.store.leave(gid, conn.user.id)
         except ServiceError as exc:
             if exc.code == ErrorCode.NOT_FOUND:
-                raise _forbidden(group_id=gid) from None
+                raise forbidden(group_id=gid) from None
             raise
         if left.was == "none":
-            raise _forbidden(group_id=gid)
+            raise forbidden(group_id=gid)
         if left.was == "waitlisted":
             await self.hub.publish_users([(conn.user.id, {"type": "left", "group_id": gid, "waitlisted": True})])
             return
-        await self._departed(gid, conn.user.id, left.name, left.promoted, {"type": "left", "group_id": gid})
-
-    # ---- facilitator tools -----------------------------------------------------------------
-    def _lead(self, conn: Conn) -> tuple[str, bool]:
-        user = conn.user
-        if user.role != "moderator" and not user.facilitator:
-            raise _forbidden("Only facilitators and moderators may do that.")
-        return user.id, user.role == "moderator"
-
-    async def _admin(self, conn: Conn, gid: str, op: str, arg: str = "", extra: str | int = "") -> list[str]:
-        actor, is_mod = self._lead(conn)
-        try:
-            return await self.store.admin(gid, op, actor=actor, actor_is_moderator=is_mod, arg=arg, extra=extra)
-        except ServiceError as exc:
-            raise _unless_leading(exc, gid, is_mod) from None
-
-    def _done(self, conn: Conn, ref: str, gid: str, **data: Any) -> None:
-        conn.push(orjson.dumps({"type": "done", "ref": ref, "group_id": gid, **data}).decode())
-
-    async def on_mute_member(self, conn: Conn, frame: dict[str, Any]) -> None:
-        gid, name, minutes = _group_id(frame), frame["name"], frame["minutes"]
-        if not 0 <= minutes <= MAX_MINUTES:
-            raise ServiceError(ErrorCode.BAD_FRAME, f"'minutes' must be 0 to {MAX_MINUTES}.", field="minutes")
-        target, until = await self._admin(conn, gid, "mute", name, minutes)
-        await self._audit(conn, audit.GROUP_MUTE, gid, detail=f"{name}: {minutes} min", target=target)
-        g = await self._record(gid)
-        await self._tell_members(g, {"type": "member_muted", "group_id": gid, "name": name, "until": int(until)})
-        self._done(conn, "mute_member", gid, name=name, until=int(until))
-
-    async def on_remove_member(self, conn: Conn, frame: dict[str, Any]) -> None:
-        gid, name = _group_id(frame), frame["name"]
-        reason = (frame.get("reason") or "")[:MAX_REASON]
-        actor, is_mod = self._lead(conn)
-        try:
-            left = await self.store.leave(gid, name, mode="remove", actor=actor, actor_is_moderator=is_mod)
-        except ServiceError as exc:
-            raise _unless_leading(exc, gid, is_mod) from None
-        await self._audit(conn, audit.GROUP_REMOVE, gid, detail=f"{name}: {reason}", target=left.uid)
-        await self._departed(gid, left.uid, name, left.promoted, {"type": "removed", "group_id": gid})
-        self._done(conn, "remove_member", gid, name=name)
-
-    async def on_readmit_member(self, conn: Conn, frame: dict[str, Any]) -> None:
-        gid, name = _group_id(frame), frame["name"]
-        if conn.user.role != "moderator":
-            raise _forbidden("Only moderators may let someone back in.")
-        (target,) = await self._admin(conn, gid, "readmit", name)
-        await self._audit(conn, audit.GROUP_READMIT, gid, detail=name, target=target)
-        self._done(conn, "readmit_member", gid, name=name)
-
-    async def on_pin(self, conn: Conn, frame: dict[str, Any]) -> None:
-        gid, text = _group_id(frame), frame["text"]
-        if len(text) > MAX_PIN:
-            raise ServiceError(ErrorCode.TOO_LARGE, f"A pinned message is at most {MAX_PIN} characters.")
-        g = await self.store.record(gid)
-        me = g.member(conn.user.id) if g else None
-        await self._admin(conn, gid, "pin", text.strip(), me.name if me else conn.user.name)
-        await self._audit(conn, audit.GROUP_PIN, gid, detail=text.strip())
-        g = await self._record(gid)
-        await self._tell_members(g, {"type": "pinned", "group_id": gid, "pinned": g.pinned})
-        self._done(conn, "pin", gid)
-
-    async def on_close_group(self, conn: Conn, frame: dict[str, Any]) -> None:
-        gid = _group_id(frame)
-        await self.close(conn, gid, reason=(frame.get("reason") or "")[:MAX_REASON])
-        self._done(conn, "close_group", gid)
-
-    async def close(self, conn: Conn, gid: str, *, reason: str = "") -> bool:
-        """Close a group (also a moderator's ``moderator_end`` of one); True if it closed now."""
-        (changed,) = await self._admin(conn, gid, "close")
-        g = await self._record(gid)
-        if changed == "1":
-            waiting = await self.store.closed(g)
-            await self._audit(conn, audit.GROUP_CLOSE, gid, detail=reason)
-            closed = {"type": "group_closed", "group_id": gid}
-            await self.hub.publish_users([(m.uid, closed) for m in g.members] + [(u, closed) for u in waiting])
-            await self.hub.publish_watchers(gid, {"type": "ended", "conversation_id": gid, "by": conn.user.role})
-        return changed == "1"
+        await self.departed(gid, conn.user.id, left.name, left.promoted, {"type": "left", "group_id": gid})
 
     # ---- inside the conversation ----------------------------------------------------------
     async def typing(self, gid: str, uid: str, frame: dict[str, Any]) -> None:
         members = await self.store.members(gid)
         await self.hub.publish_users([(m.uid, frame) for m in members if m.uid != uid])
-
-    async def moderator_view(self, gid: str) -> list[dict[str, Any]]:
-        """What a moderator watching a group sees of its members (ids included: moderators act on them)."""
-        return [{"name": m.name, "role": m.role, "facilitator": m.facilitator, "user_id": m.uid}
-                for m in await self.store.members(gid)]

@@ -67,8 +67,8 @@ def _bounded(frame: dict[str, Any], name: str, limit: int, *, required: bool = F
     return value
 
 
-class GroupTools(Protocol):
-    """What moderators' frames need of groups (:class:`gateway.groups.Groups`)."""
+class GroupLeading(Protocol):
+    """What moderators' frames need of groups (:class:`gateway.group_tools.GroupTools`)."""
 
     async def close(self, conn: Conn, gid: str, *, reason: str = "") -> bool:
         """Close a group; True if it closed now."""
@@ -80,7 +80,7 @@ class GroupTools(Protocol):
 class Safety:
     def __init__(self, settings: Settings, *, match: MatchStore, chat: ChatStore, conversations: Conversations,
                  hub: Hub, flags: FlagStore, audit_log: AuditLog, crisis_lines: tuple[CrisisLine, ...],
-                 screen_queue: ScreenQueue | None, groups: GroupTools) -> None:
+                 screen_queue: ScreenQueue | None, groups: GroupLeading) -> None:
         self.settings = settings
         self.match = match
         self.chat = chat
