@@ -297,7 +297,7 @@ class Safety:
                                 "seq": appended.seq, "ts": appended.ts, "epoch": appended.epoch}).decode())
 
     async def _end_as_moderator(self, conn: Conn, cid: str, reason: str) -> bool:
-        if cid.startswith(GROUP_ID_PREFIX):     # a group closes for everyone (gateway.groups)
+        if cid.startswith(GROUP_ID_PREFIX):     # a group closes for everyone (gateway.group_tools)
             return await self.groups.close(conn, cid, reason=reason)
         out = await self.conversations.end(cid, conn.user.id, "moderator", reason=reason)
         if out.get("ended"):
