@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: run lint test unit bench-match bench-relay bench-soak clean
+.PHONY: run lint test unit screenshots bench-match bench-relay bench-soak clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: $(STAMP) lint
 	bash .ci/system-deps
 	$(MAKE) $(AXE)
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+# the README's screenshots (docs/screenshots/): the browser tests, saving them there instead of a scratch folder
+screenshots: $(STAMP)
+	bash .ci/system-deps
+	$(MAKE) $(AXE)
+	AFTERTALK_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/browser
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
