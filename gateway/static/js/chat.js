@@ -65,16 +65,21 @@ export class ChatView {
   }
 
   // ---- layout -----------------------------------------------------------------------------
-  build() {
-    const peer = this.conv.peer || {};
-    const headingId = nextId("chat");
-    // the transcript: a list of messages inside a live "log" region (a list keeps its list semantics so)
+  /** The transcript's parts, for one-on-one chats and groups alike: a list of messages inside a live
+   * "log" region (a list keeps its list semantics so), "earlier messages", typing and the notes. */
+  buildTranscript(headingId) {
     this.list = h("ol", { class: "messages", "data-conversation": this.cid });
     this.log = h("div", { class: "log", role: "log", "aria-live": "polite", "aria-labelledby": headingId }, this.list);
     this.more = h("button", { type: "button", class: "link more", text: t("chat.earlier"), hidden: true, on: { click: () => this.requestHistory(true) } });
     this.typing = h("p", { class: "typing", "aria-live": "polite" });
     this.endedNote = h("div", { class: "ended-note", role: "status", hidden: true });
     this.errorNote = h("p", { class: "error-note", role: "alert", hidden: true });
+  }
+
+  build() {
+    const peer = this.conv.peer || {};
+    const headingId = nextId("chat");
+    this.buildTranscript(headingId);
     const title = this.readonly
       ? t("chat.conversation", { id: this.cid.slice(0, 10) })
       : tx("chat.talking_with", { name: isolate(peer.name || t("chat.peer")) });

@@ -94,13 +94,7 @@ export class GroupChat extends ChatView {
   build() {
     const headingId = nextId("group");
     this.headingId = headingId;
-    const group = this.conv.group || {};
-    this.list = h("ol", { class: "messages", "data-conversation": this.cid });
-    this.log = h("div", { class: "log", role: "log", "aria-live": "polite", "aria-labelledby": headingId }, this.list);
-    this.more = h("button", { type: "button", class: "link more", text: t("chat.earlier"), hidden: true, on: { click: () => this.requestHistory(true) } });
-    this.typing = h("p", { class: "typing", "aria-live": "polite" });
-    this.endedNote = h("div", { class: "ended-note", role: "status", hidden: true });
-    this.errorNote = h("p", { class: "error-note", role: "alert", hidden: true });
+    this.buildTranscript(headingId);
     this.muteNote = h("p", { class: "notice mute-note", role: "status", hidden: true });
     this.title = h("h2", { id: headingId, dir: "auto", text: this.peerLabel() });
     this.topicLine = h("p", { class: "hint group-topic" });
