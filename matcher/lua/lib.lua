@@ -479,8 +479,21 @@ local function fit_counts(pid, rq)
   if #topics == 0 or #langs == 0 then return 0, 0 end
   local tmp = KEY.scratch_fit
   redis.call('SUNIONSTORE', tmp, unpack(topics))
-  redis.call('SUNIONSTORE', KEY.scratch_langs, unpack(langs))
-  local total = redis.call('SINTERSTORE', tmp, tmp, KEY.scratch_langs)
+  -- tmp ∩ (L1 ∪ L2 ...) as (tmp ∩ L1) ∪ (tmp ∩ L2) ...: each intersection walks the topic set, which is
+  -- small, never a whole language's set (a union of the language sets would copy nearly every survivor)
+  local total
+  if #langs == 1 then
+    total = redis.call('SINTERSTORE', tmp, tmp, langs[1])
+  else
+    redis.call('SINTERSTORE', KEY.scratch_langs, tmp, langs[1])
+    for i = 2, #langs do
+      local more = redis.call('SINTER', tmp, langs[i])
+      for j = 1, #more, 1000 do
+        redis.call('SADD', KEY.scratch_langs, unpack(more, j, math.min(j + 999, #more)))
+      end
+    end
+    total = redis.call('SINTERSTORE', tmp, tmp, KEY.scratch_langs)
+  end
   local free = 0
   if total > 0 then free = redis.call('ZINTERSTORE', KEY.scratch, 2, tmp, KEY.wait_index) end
   local seen = {}
