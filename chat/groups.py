@@ -276,9 +276,15 @@ class GroupStore:
     async def of_user(self, uid: str) -> list[str]:
         """The groups a user is in or waiting for, and the closed groups they were in."""
         k = self.keys
-        current = {_s(g) for g in await self.redis.smembers(k.user_groups(uid))}
-        past = {_s(c) for c in await self.redis.smembers(k.user_history(uid)) if _s(c).startswith(GROUP_ID_PREFIX)}
+        async with self.redis.pipeline(transaction=False) as pipe:     # one round trip: this runs at every hello
+            pipe.smembers(k.user_groups(uid))
+            pipe.smembers(k.user_history(uid))
+            in_groups, history = await pipe.execute()
+        current = {_s(g) for g in in_groups}
+        past = {_s(c) for c in history if _s(c).startswith(GROUP_ID_PREFIX)}
         gids = sorted(current | past)
+        if not gids:
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for gid in gids:
                 pipe.hexists(k.group_members(gid), uid)

@@ -49,17 +49,21 @@ class Conversations:
 
     async def participant_meta(self, cid: str, uid: str) -> ConversationMeta:
         """The conversation's metadata if ``uid`` takes part in it; ``forbidden`` otherwise."""
+        meta, _ = await self.participant(cid, uid)
+        return meta
+
+    async def participant(self, cid: str, uid: str) -> tuple[ConversationMeta, Member | None]:
+        """As :meth:`participant_meta`, with ``uid``'s membership when the conversation is a group."""
         meta = await self.chat.meta(cid)
         if meta is None and await self.ensure_open(cid, uid):
             meta = await self.chat.meta(cid)
-        if meta is not None and meta.group and await self.groups.member(cid, uid) is not None:
-            return meta
+        if meta is not None and meta.group:
+            member = await self.groups.member(cid, uid)
+            if member is not None:
+                return meta, member
         if meta is None or not meta.participant(uid):
             raise ServiceError(ErrorCode.FORBIDDEN, "You are not part of that conversation.", conversation_id=cid)
-        return meta
-
-    async def group_member(self, cid: str, uid: str) -> Member | None:
-        return await self.groups.member(cid, uid)
+        return meta, None
 
     async def end(self, cid: str, uid: str, role: str, *, block: bool = False,
                   reason: str = "") -> dict[str, Any]:

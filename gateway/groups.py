@@ -83,8 +83,7 @@ class Groups:
                 "schedule": g.schedule, "next_session": iso(view.next_session), "state": g.state,
                 "joined": g.member(uid) is not None, "waitlist_position": position}
 
-    async def _members(self, g: GroupRecord, viewer: str) -> list[dict[str, Any]]:
-        online = await self.store.online([m.uid for m in g.members])
+    async def _members(self, g: GroupRecord, viewer: str, online: set[str]) -> list[dict[str, Any]]:
         blocked = await self.store.blocks_of(viewer)
         out = []
         for m in g.members:
@@ -95,12 +94,14 @@ class Groups:
             out.append(entry)
         return out
 
-    async def _joined_frame(self, g: GroupRecord, uid: str) -> dict[str, Any]:
+    async def _joined_frame(self, g: GroupRecord, uid: str, online: set[str] | None = None) -> dict[str, Any]:
         me = g.member(uid)
         assert me is not None
+        if online is None:
+            online = await self.store.online([m.uid for m in g.members])
         return {"type": "joined", "group_id": g.group_id, "conversation_id": g.group_id, "epoch": g.epoch,
                 "seq": me.joined_seq, "name": me.name, "group": self._summary(g, uid, datetime.now(UTC)),
-                "members": await self._members(g, uid), "pinned": g.pinned}
+                "members": await self._members(g, uid, online), "pinned": g.pinned}
 
     async def record(self, gid: str) -> GroupRecord:
         g = await self.store.record(gid)
@@ -112,39 +113,52 @@ class Groups:
     async def tell_members(self, g: GroupRecord, frame: dict[str, Any], *, but: str = "") -> None:
         await self.hub.publish_users([(m.uid, frame) for m in g.members if m.uid != but])
 
+    @staticmethod
+    def _presence(g: GroupRecord, online: set[str]) -> list[tuple[str, dict[str, Any]]]:
+        """Who is online, to every connected member."""
+        frame = {"type": "presence", "group_id": g.group_id, "online": [m.name for m in g.members if m.uid in online]}
+        return [(m.uid, frame) for m in g.members if m.uid in online]
+
     async def announce_presence(self, gids: list[str]) -> None:
         """Every connected member of these groups gets who is online now."""
+        frames: list[tuple[str, dict[str, Any]]] = []
         for g in await self.store.records(gids):
-            online = await self.store.online([m.uid for m in g.members])
-            frame = {"type": "presence", "group_id": g.group_id,
-                     "online": [m.name for m in g.members if m.uid in online]}
-            await self.hub.publish_users([(m.uid, frame) for m in g.members if m.uid in online])
+            frames += self._presence(g, await self.store.online([m.uid for m in g.members]))
+        await self.hub.publish_users(frames)
 
-    async def _welcome_joiner(self, gid: str, uid: str) -> None:
-        """A new member (joined now, or moved up from the waitlist): ``joined`` to them on every
-        connection, ``member_joined`` to the others (marked for those who blocked them), presence."""
-        g = await self.record(gid)
+    async def _welcome(self, g: GroupRecord, uid: str, online: set[str]) -> list[tuple[str, dict[str, Any]]]:
+        """A new member's frames: ``joined`` to them (every connection), ``member_joined`` to the others
+        (marked for those who blocked them)."""
         me = g.member(uid)
         if me is None:
-            return      # left again meanwhile
+            return []     # left again meanwhile
         others = [m.uid for m in g.members if m.uid != uid]
         blockers = await self.store.blocked_by(others, uid)
-        announce = {"type": "member_joined", "group_id": gid, "name": me.name, "role": me.role,
+        announce = {"type": "member_joined", "group_id": g.group_id, "name": me.name, "role": me.role,
                     "facilitator": me.facilitator}
-        await self.hub.publish_users([(uid, await self._joined_frame(g, uid))] + [
-            (o, {**announce, "blocked": True} if o in blockers else announce) for o in others])
-        await self.announce_presence([gid])
+        return [(uid, await self._joined_frame(g, uid, online))] + [
+            (o, {**announce, "blocked": True} if o in blockers else announce) for o in others]
+
+    async def _welcome_joiner(self, gid: str, uid: str) -> None:
+        """A new member (joined now, or moved up from the waitlist): their welcome, then presence; one
+        read of the group and of who is online, one round trip of publishes."""
+        g = await self.record(gid)
+        online = await self.store.online([m.uid for m in g.members])
+        await self.hub.publish_users(await self._welcome(g, uid, online) + self._presence(g, online))
 
     async def departed(self, gid: str, left_uid: str, name: str, promoted: list[Member],
-                        frame: dict[str, Any]) -> None:
+                       frame: dict[str, Any]) -> None:
+        """Someone left or was removed (``frame`` to them): ``member_left`` to the others, a welcome to
+        whoever moved up from the waitlist, then presence."""
+        frames: list[tuple[str, dict[str, Any]]] = [(left_uid, frame)]
         g = await self.store.record(gid)
-        await self.hub.publish_users([(left_uid, frame)])
         if g is not None:
-            await self.tell_members(g, {"type": "member_left", "group_id": gid, "name": name})
-        for m in promoted:
-            await self._welcome_joiner(gid, m.uid)
-        if g is not None and not promoted:
-            await self.announce_presence([gid])
+            online = await self.store.online([m.uid for m in g.members])
+            frames += [(m.uid, {"type": "member_left", "group_id": gid, "name": name}) for m in g.members]
+            for m in promoted:
+                frames += await self._welcome(g, m.uid, online)
+            frames += self._presence(g, online)
+        await self.hub.publish_users(frames)
 
     async def after_erasure(self, gid: str, left: Left) -> None:
         """An erased member left (``aftertalk erase-user``): the others are told, whoever moved up from the
@@ -167,13 +181,20 @@ class Groups:
                             "state": g.state})
         return out
 
-    async def session_changed(self, uid: str, online: bool) -> None:
-        """A user's connection came, or their last one here went: tell their groups who is online; a
-        user with no connection left anywhere stops waiting for a group (find_group).  Two round trips
-        for a user in no group and waiting for none: this runs for every session that ends."""
+    async def session_opened(self, groups: list[dict[str, Any]]) -> None:
+        """A user connected: their open groups (as :meth:`session_groups` read them) are told who is online."""
+        try:
+            await self.announce_presence([g["group_id"] for g in groups if g["state"] == "open"])
+        except Exception as exc:      # a hint: the next change corrects it
+            log.debug("presence not announced: %s", type(exc).__name__)
+
+    async def session_ended(self, uid: str) -> None:
+        """A user's last connection on a gateway went (or expired with a dead gateway): their groups are
+        told who is online; with no connection left anywhere, they stop waiting for a group (find_group).
+        Two round trips for a user in no group and waiting for none: this runs for every session that ends."""
         try:
             gids, seeking = await self.store.current(uid)
-            if not online and seeking and not await self.store.online([uid]):
+            if seeking and not await self.store.online([uid]):
                 await self.store.unseek(uid)
             if gids:
                 await self.announce_presence(gids)

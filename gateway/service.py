@@ -68,8 +68,11 @@ class GroupHooks(Protocol):
     async def session_groups(self, uid: str) -> list[dict[str, Any]]:
         """The user's groups for the welcome: conversation_id, epoch, last_seq, joined_seq, ..."""
 
-    async def session_changed(self, uid: str, online: bool) -> None:
-        """The user's connections came or went: presence to their groups; gone: stop waiting for one."""
+    async def session_opened(self, groups: list[dict[str, Any]]) -> None:
+        """The user connected: presence to these groups of theirs (as session_groups read them)."""
+
+    async def session_ended(self, uid: str) -> None:
+        """The user's last connection here went: presence to their groups; gone everywhere: stop waiting."""
 
     async def typing(self, gid: str, uid: str, frame: dict[str, Any]) -> None:
         """A typing hint to the group's other members."""
@@ -126,7 +129,7 @@ class Service:
                 ticked, created = await self.match.tick()
                 await self.conversations.open_created(created)
                 for uid in ticked.get("offline") or ():     # a dead gateway's users: their groups are told
-                    await self.groups.session_changed(uid, False)
+                    await self.groups.session_ended(uid)
                 if n % 2 == 0:
                     await self._push_positions()
                 if n % 120 == 1:
@@ -241,7 +244,7 @@ class Service:
         for cid in list(conn.delivered):
             self.hub.fill(conn, cid)     # replays seq > delivered, then hands over to live delivery
         if groups:
-            await self.groups.session_changed(uid, True)
+            await self.groups.session_opened(groups)
 
     async def resync_user(self, uid: str) -> None:
         """After a pub/sub outage: replay matches and offers this process may have missed."""
@@ -279,7 +282,7 @@ class Service:
         except Exception:
             return    # the presence lease expires by itself and the tick cleans up
         if conn.user.role != "moderator" and not self.hub.conns_of(conn.user.id):
-            await self.groups.session_changed(conn.user.id, False)
+            await self.groups.session_ended(conn.user.id)
 
     # ---- frames ---------------------------------------------------------------------
     async def on_ping(self, conn: Conn, frame: dict[str, Any]) -> None:
@@ -387,6 +390,7 @@ class Service:
         if not 1 <= limit <= 200:
             raise ServiceError(ErrorCode.BAD_FRAME, "'limit' must be 1 to 200.", field="limit")
         before = frame.get("before_seq")
+        member = None
         if conn.user.role == "moderator":
             await self.safety.authorize_moderator_read(conn, cid, before)
             found = await self.chat.meta(cid)
@@ -395,12 +399,11 @@ class Service:
                                    conversation_id=cid)
             meta = found
         else:
-            meta = await self.conversations.participant_meta(cid, conn.user.id)
+            meta, member = await self.conversations.participant(cid, conn.user.id)
         messages = await self.chat.history(cid, before, limit)
         floor = 0
-        if meta.group and conn.user.role != "moderator":   # a member reads from the seq they joined at
-            member = await self.conversations.group_member(cid, conn.user.id)
-            floor = member.joined_seq if member else meta.seq
+        if member is not None:      # a group member reads from the seq they joined at
+            floor = member.joined_seq
             messages = [m for m in messages if m.seq > floor]
         moderator_view = conn.user.role == "moderator"
         conn.push(orjson.dumps({
@@ -414,14 +417,12 @@ class Service:
             raise ServiceError(ErrorCode.FORBIDDEN, "You are not part of that conversation.", conversation_id=cid)
         if not await self.typing_hints.claim(conn.user.id, cid):
             return      # typing is a hint: one per interval per user and conversation (in Redis), never stored
-        meta = await self.conversations.participant_meta(cid, conn.user.id)
+        meta, member = await self.conversations.participant(cid, conn.user.id)
         if meta.ended:
             return
-        if meta.group:
-            member = await self.conversations.group_member(cid, conn.user.id)
-            if member is not None:
-                await self.groups.typing(cid, conn.user.id, {"type": "typing", "conversation_id": cid,
-                                                             "from": {"name": member.name, "role": member.role}})
+        if member is not None:
+            await self.groups.typing(cid, conn.user.id, {"type": "typing", "conversation_id": cid,
+                                                         "from": {"name": member.name, "role": member.role}})
             return
         await self.hub.publish_user(meta.peer_of(conn.user.id), {
             "type": "typing", "conversation_id": cid, "from": {"name": conn.user.name, "role": conn.user.role}})
