@@ -54,6 +54,18 @@ async def patient_lists_groups(page) -> None:
     await page.get_by_role("button", name="Show groups that fit me").click()
 
 
+async def volunteer_finds_a_group(open_page, url: str, name: str):
+    """A volunteer signs in, gives the diagnosis of their profile and presses "Find a group for me";
+    returns their page and its group chat."""
+    page = await open_page(url, "survivor")
+    await sign_in(page, "survivor", name)
+    await open_profile(page)
+    await page.get_by_label("Your diagnosis").select_option(label=PROFILE_LABEL)
+    await open_groups(page)
+    await page.get_by_role("button", name="Find a group for me").click()
+    return page, page.locator(".group-chat:visible")
+
+
 async def test_three_people_in_a_group_on_two_gateways_and_the_waitlist(web, open_page):
     g1, g2 = web(2)
     # the facilitator (gateway 1) opens a weekly group for three
@@ -93,13 +105,7 @@ async def test_three_people_in_a_group_on_two_gateways_and_the_waitlist(web, ope
     await expect(robin.locator(".group-chat:visible .sysline")).to_have_text(["Pat joined the group."])
 
     # a volunteer (gateway 1) presses "Find a group for me" with her availability profile
-    sam = await open_page(g1.url, "survivor")
-    await sign_in(sam, "survivor", "Sam")
-    await open_profile(sam)
-    await sam.get_by_label("Your diagnosis").select_option(label=PROFILE_LABEL)
-    await open_groups(sam)
-    await sam.get_by_role("button", name="Find a group for me").click()
-    chat_s = sam.locator(".group-chat:visible")
+    sam, chat_s = await volunteer_finds_a_group(open_page, g1.url, "Sam")
     await expect(chat_s.get_by_role("heading", level=2)).to_have_text(TITLE)
 
     # presence: everyone sees the three members online, on both gateways
@@ -164,13 +170,7 @@ async def test_a_facilitator_mutes_a_member_whose_message_nobody_sees(web, open_
     await open_groups(robin)
     chat_r = await create_group(robin, "Breast cancer, living with it day to day", capacity=8)
 
-    sam = await open_page(g2.url, "survivor")
-    await sign_in(sam, "survivor", "Sam")
-    await open_profile(sam)
-    await sam.get_by_label("Your diagnosis").select_option(label=PROFILE_LABEL)
-    await open_groups(sam)
-    await sam.get_by_role("button", name="Find a group for me").click()
-    chat_s = sam.locator(".group-chat:visible")
+    sam, chat_s = await volunteer_finds_a_group(open_page, g2.url, "Sam")
     await expect(chat_s.get_by_role("heading", level=2)).to_have_text("Breast cancer, living with it day to day")
     await group_send(sam, "Hi, glad to find this group.")
     await expect(chat_r.locator(".messages li.msg .text")).to_have_text(["Hi, glad to find this group."])
