@@ -776,6 +776,13 @@ async def test_a_crisis_message_in_a_group_is_flagged_as_a_group_and_the_moderat
     shown = (await a.expect("message", client_id="phone"))["text"]
     assert "[contact info removed]" in shown and "900123" not in shown
     assert (await mod.expect("message", client_id="phone"))["text"] == "text me on 07700 900123"
+    # a moderator's notice reaches every member, under the moderator's name and role
+    await mod.send({"type": "notice", "conversation_id": gid, "client_id": "notice-1",
+                    "text": "A moderator is here with you."})
+    await mod.expect("ack", ref="notice", client_id="notice-1")
+    for conn in (fac, a, b):
+        notice = await conn.expect("message", client_id="notice-1")
+        assert notice["from"] == {"name": "Mo", "role": "moderator"}
     # ending it as a moderator closes the group
     await mod.send({"type": "moderator_end", "conversation_id": gid, "reason": "handing over"})
     await mod.expect("done", ref="moderator_end")
@@ -783,7 +790,44 @@ async def test_a_crisis_message_in_a_group_is_flagged_as_a_group_and_the_moderat
         await conn.expect("group_closed", group_id=gid)
     await b.send(send_frame(gid, "after-end", "hello?"))
     assert (await error(b, "send", client_id="after-end"))["code"] == "conversation_ended"
+    # suspending a member closes their sockets (on the other gateway) as anywhere else
+    await mod.send({"type": "suspend", "user_id": ben.sub, "reason": "test"})
+    await mod.expect("done", ref="suspend")
+    assert (await b.closed(5))[0] == 4403
     await close_all([mod, mod2, fac, a, b])
+
+
+async def test_retention_purges_a_closed_group_with_its_membership(pair, redis):
+    """A closed group waits out the retention period like an ended conversation, then its log and every
+    record of its membership go together (chat/retention.py)."""
+    from chat.retention import purge_expired
+
+    keys = Keys(pair.prefix)
+    fac = await facilitator("Robin").connect(pair.g1)
+    gid = (await create_group(fac, capacity=3))["group_id"]
+    members = [await person("patient", name).connect(pair.g2) for name in ("Ana", "Ben", "Cy")]
+    for conn in members[:2]:
+        await join(conn, gid)
+    await members[2].send({"type": "join_group", "group_id": gid})
+    await error(members[2], "join_group")                       # on the waitlist
+    await fac.send({"type": "mute_member", "group_id": gid, "name": "Ana", "minutes": 5})
+    await fac.expect("done", ref="mute_member")
+    await members[0].send(send_frame(gid, "m1", "hello"))
+    await members[0].expect("error")                             # muted: nothing stored
+    await members[1].send(send_frame(gid, "m2", "hello"))
+    await members[1].expect("ack", client_id="m2")
+    group_keys = [keys.conv_meta(gid), keys.conv_log(gid), keys.conv_client_ids(gid), keys.group_members(gid),
+                  keys.group_names(gid), keys.group_waitlist(gid), keys.group_waiting(gid), keys.group_muted(gid)]
+    await fac.send({"type": "close_group", "group_id": gid})
+    await fac.expect("done", ref="close_group")
+    closed_at = await redis.zscore(keys.ended, gid)
+    assert closed_at is not None, "a closed group is on the retention work list"
+    assert await purge_expired(redis, keys, now_s=closed_at + 10, retention_s=3600) == 0    # not yet
+    assert await redis.exists(*group_keys) == len(group_keys)
+    assert await purge_expired(redis, keys, now_s=closed_at + 3601, retention_s=3600) >= 1   # (other tests' too)
+    assert await redis.exists(*group_keys) == 0
+    assert await redis.zscore(keys.ended, gid) is None
+    await close_all([fac, *members])
 
 
 # ---------------------------------------------------------------------------------------------------
